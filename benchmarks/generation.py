@@ -1,0 +1,258 @@
+"""Cell-type-conditional generation benchmark (protocols G1, G2, FReD, novelty; evaluation.md).
+
+Split: stratified by cell type, 80 % train / 20 % test (seed 0). SCGM and the baselines see only
+the train cells. For every cell type, as many cells are generated as the test split holds.
+Compared in the same run, for each generation seed:
+
+- real floor: train cells vs test cells (a random subsample of train of the test's size per type);
+- scVI posterior resample: stock ``scvi.model.SCVI`` (NB) on the train cells, train cells of the
+  type encoded, z ~ q(z|x), decoded, NB counts sampled;
+- Gaussian prior baseline: a Gaussian per cell type fit to SCGM's own VAE latents (posterior
+  means), decoded by the same decoder (isolates what the score model adds);
+- SCGM with each sampler (seconds and network evaluations per 1,000 cells are recorded).
+
+Usage (from the repository root)::
+
+    python benchmarks/generation.py --data pbmc3k --seeds 0 1 2 --out benchmarks/results/pbmc3k
+
+Writes ``report.md``, ``metrics_long.csv`` (every metric, group, method, seed), ``summary.csv``
+(mean and s.e.m. over seeds) and ``speed.csv`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # BLAS threads fight torch's on 2 cores
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import scvi
+import torch
+from sklearn.model_selection import train_test_split
+
+import scgm_scvi
+from scgm_scvi import SCGM
+from scgm_scvi.metrics import evaluate, summarize_runs
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+HEADLINE = ["w2", "mmd_rbf", "w1", "mmd_linear", "frechet", "label_agreement", "pcc", "rf_auc"]
+
+
+def load(name: str) -> tuple[ad.AnnData, str | None]:
+    """The dataset and its batch key."""
+    if name == "pbmc3k":
+        return scgm_scvi.data.pbmc3k(), None
+    if name == "kang12k":
+        adata = ad.read_h5ad(SHARED / "kang2018_ctrl_pbmc12k.h5ad")
+        adata.obs["donor"] = adata.obs["donor"].astype(str).astype("category")
+        return adata, "donor"
+    raise ValueError(f"Unknown dataset {name!r}; use pbmc3k or kang12k.")
+
+
+def split(adata: ad.AnnData, seed: int = 0) -> tuple[ad.AnnData, ad.AnnData]:
+    idx = np.arange(adata.n_obs)
+    tr, te = train_test_split(
+        idx, test_size=0.2, stratify=adata.obs["cell_type"], random_state=seed
+    )
+    return adata[np.sort(tr)].copy(), adata[np.sort(te)].copy()
+
+
+def counts_adata(X, cell_types, var_names) -> ad.AnnData:
+    X = sp.csr_matrix(np.asarray(X, dtype=np.float32)) if not sp.issparse(X) else X.tocsr()
+    obs = pd.DataFrame({"cell_type": pd.Categorical(cell_types)})
+    obs.index = obs.index.astype(str)
+    return ad.AnnData(X, obs=obs, var=pd.DataFrame(index=var_names))
+
+
+def scvi_posterior_resample(train, sizes, batch_key, max_epochs, seed):
+    """Stock scVI baseline: resample train cells of each type through q(z|x) and the decoder."""
+    a = train.copy()
+    scvi.model.SCVI.setup_anndata(a, labels_key="cell_type", batch_key=batch_key)
+    model = scvi.model.SCVI(a, gene_likelihood="nb")
+    t0 = time.perf_counter()
+    model.train(max_epochs=max_epochs, enable_progress_bar=False)
+    seconds = time.perf_counter() - t0
+
+    def sample(gen_seed):
+        rng = np.random.default_rng(gen_seed)
+        idx = np.concatenate(
+            [rng.choice(np.flatnonzero(a.obs["cell_type"] == ct), n) for ct, n in sizes.items()]
+        )
+        scvi.settings.seed = gen_seed
+        x = model.posterior_predictive_sample(a, indices=idx, n_samples=1)
+        x = x.todense() if hasattr(x, "todense") else x
+        x = np.asarray(x).reshape(len(idx), -1)
+        return counts_adata(x, a.obs["cell_type"].to_numpy()[idx], a.var_names)
+
+    return sample, seconds
+
+
+def gaussian_prior_sampler(model: SCGM, train: ad.AnnData, sizes: dict):
+    """A Gaussian per cell type in SCGM's VAE latent, decoded by SCGM's decoder."""
+    z = model.get_latent_representation(train)
+    labels = train.obs["cell_type"].to_numpy()
+    lib = np.log(np.asarray(train.X.sum(1)).ravel())
+
+    def sample(gen_seed):
+        rng = np.random.default_rng(gen_seed)
+        zs, cts, libs = [], [], []
+        for ct, n in sizes.items():
+            zc = z[labels == ct]
+            cov = np.cov(zc, rowvar=False) + 1e-4 * np.eye(z.shape[1])
+            zs.append(rng.multivariate_normal(zc.mean(0), cov, size=n, method="eigh"))
+            cts += [ct] * n
+            libs.append(rng.choice(lib[labels == ct], n))
+        X = model.decode_latent(
+            np.concatenate(zs).astype(np.float32),
+            cell_type=cts,
+            library_size=np.exp(np.concatenate(libs)),
+            seed=gen_seed,
+        )
+        return counts_adata(X, cts, model.var_names_)
+
+    return sample
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="pbmc3k", choices=["pbmc3k", "kang12k"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--vae-epochs", type=int, default=None, help="default: scVI's heuristic")
+    p.add_argument("--diffusion-epochs", type=int, default=None)
+    p.add_argument("--samplers", nargs="+", default=["ode", "ode_euler", "euler_maruyama", "pc"])
+    p.add_argument("--guidance-scale", type=float, default=1.0)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    out = Path(args.out or f"benchmarks/results/{args.data}")
+    out.mkdir(parents=True, exist_ok=True)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    scvi.settings.seed = 0
+
+    adata, batch_key = load(args.data)
+    train, test = split(adata)
+    sizes = test.obs["cell_type"].value_counts()
+    sizes = {k: int(v) for k, v in sizes.items() if v > 0}
+
+    SCGM.setup_anndata(train, labels_key="cell_type", batch_key=batch_key)
+    model = SCGM(train)
+    t0 = time.perf_counter()
+    model.train_vae(max_epochs=args.vae_epochs, enable_progress_bar=False)
+    vae_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model.train_diffusion(max_epochs=args.diffusion_epochs, enable_progress_bar=False)
+    diffusion_seconds = time.perf_counter() - t0
+    vae_epochs = len(model.history["elbo_train"])
+    scvi_sample, scvi_seconds = scvi_posterior_resample(
+        train, sizes, batch_key, vae_epochs, seed=0
+    )
+    prior_sample = gaussian_prior_sampler(model, train, sizes)
+
+    rows, speed = [], []
+    for seed in args.seeds:
+        rng = np.random.default_rng(seed)
+        floor_idx = np.concatenate(
+            [rng.choice(np.flatnonzero(train.obs["cell_type"] == ct), n) for ct, n in sizes.items()]
+        )
+        candidates = {
+            "real floor (train vs test)": lambda s, idx=floor_idx: train[idx].copy(),
+            "scVI posterior resample": scvi_sample,
+            "Gaussian per type (SCGM VAE)": prior_sample,
+        }
+        for sampler in args.samplers:
+
+            def gen(s, sampler=sampler):
+                t = time.perf_counter()
+                g = model.generate(
+                    n=None, cell_type=sizes, sampler=sampler, seed=s,
+                    guidance_scale=args.guidance_scale,
+                )
+                secs = time.perf_counter() - t
+                speed.append(
+                    {
+                        "method": f"SCGM {sampler}",
+                        "seed": s,
+                        "n_steps": g.uns["scgm"]["n_steps"],
+                        "nfe_per_cell": g.uns["scgm"]["network_evaluations_per_cell"],
+                        "seconds_per_1000_cells": 1000 * secs / g.n_obs,
+                    }
+                )
+                return g
+
+            candidates[f"SCGM {sampler}"] = gen
+        for method, make in candidates.items():
+            generated = make(seed)
+            res = evaluate(test, generated, "cell_type", train=train, seed=seed)
+            res["method"], res["seed"] = method, seed
+            rows.append(res)
+            print(f"seed {seed} {method}: done", flush=True)
+
+    long = pd.concat(rows, ignore_index=True)
+    long.to_csv(out / "metrics_long.csv", index=False)
+    summary = summarize_runs(long, by=["method", "group", "metric", "protocol"])
+    summary.to_csv(out / "summary.csv", index=False)
+    speed = pd.DataFrame(speed)
+    speed_summary = speed.groupby("method", sort=False).mean(numeric_only=True).drop(columns="seed")
+    speed_summary.to_csv(out / "speed.csv")
+
+    head = summary[(summary["group"] == "mean") & summary["metric"].isin(HEADLINE[:5])]
+    head = pd.concat(
+        [head, summary[(summary["group"] == "all") & summary["metric"].isin(HEADLINE[5:])]]
+    )
+    table = head.assign(value=lambda d: d["mean"].map("{:.4g}".format) + " ± "
+                        + d["sem"].map("{:.2g}".format))
+    table = table.pivot(index="method", columns="metric", values="value")
+    table = table[[m for m in HEADLINE if m in table.columns]]
+    per_type = summary[summary["metric"].isin(["w2", "mmd_rbf", "label_agreement"])]
+    per_type = per_type[~per_type["group"].isin(["all", "mean"])]
+    per_type = per_type.pivot_table(index=["group", "method"], columns="metric", values="mean")
+    lines = [
+        f"# Generation benchmark: {args.data}",
+        "",
+        f"Command: `python benchmarks/generation.py --data {args.data} --seeds "
+        f"{' '.join(map(str, args.seeds))}"
+        + (f" --vae-epochs {args.vae_epochs}" if args.vae_epochs else "")
+        + (f" --diffusion-epochs {args.diffusion_epochs}" if args.diffusion_epochs else "")
+        + "`",
+        "",
+        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"scvi-tools {scvi.__version__}, scgm_scvi {scgm_scvi.__version__}, "
+        f"CUDA: {torch.cuda.is_available()}.",
+        f"Data: {train.n_obs} train / {test.n_obs} test cells x {train.n_vars} genes; "
+        f"split seed 0; generation seeds {args.seeds}; guidance scale {args.guidance_scale}.",
+        f"Training: SCGM VAE {vae_epochs} epochs ({vae_seconds:.0f} s), diffusion "
+        f"{len(model.diffusion_history_['train_loss'])} epochs ({diffusion_seconds:.0f} s); "
+        f"scVI baseline {vae_epochs} epochs ({scvi_seconds:.0f} s).",
+        "",
+        "## Headline (mean ± s.e.m. over seeds)",
+        "",
+        "G1 distances (`w2`, `mmd_rbf`, `w1`, `mmd_linear`) and `frechet` are averages over cell "
+        "types of per-type values in 30 PCs fit on the test cells (lower is better); "
+        "`label_agreement`, `pcc` (gene-mean Pearson) and `rf_auc` (0.5 = indistinguishable) "
+        "are over all cells.",
+        "",
+        table.to_markdown(),
+        "",
+        "## Sampling speed (this machine)",
+        "",
+        speed_summary.to_markdown(floatfmt=".3g"),
+        "",
+        "## Per cell type (mean over seeds)",
+        "",
+        per_type.to_markdown(floatfmt=".4g"),
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,618 @@
+"""SCGEditor: SDEdit / DDIB-style editing of real cells with a trained :class:`~scgm_scvi.SCGM`."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+from scvi import REGISTRY_KEYS
+from tqdm.auto import tqdm
+
+from scgm_scvi.samplers import (
+    EVALS_PER_STEP,
+    SAMPLERS,
+    classifier_free_guidance,
+    gene_guidance,
+)
+
+if TYPE_CHECKING:
+    from scgm_scvi.model import SCGM
+
+logger = logging.getLogger(__name__)
+
+Method = Literal["sdedit", "ode", "latent_shift"]
+Sampler = Literal["ode", "ode_euler", "euler_maruyama", "pc"]
+# steps of the sampler over the full time range [eps, T]; an edit from t0 uses the same density
+FULL_RANGE_STEPS = {"ode": 25, "ode_euler": 50, "euler_maruyama": 500, "pc": 250}
+ODE_SAMPLERS = ("ode", "ode_euler")
+EDITED_KEY = "X_scgm_edited"
+SOURCE_KEY = "X_scgm_source"
+UNS_KEY = "scgm_edit"
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None]
+
+
+class SCGEditor:
+    """Edit real cells toward a target condition with a trained :class:`~scgm_scvi.SCGM`.
+
+    Three methods share one call, :meth:`edit`:
+
+    - ``"sdedit"`` (SDEdit, Meng et al. 2022): encode the cells, noise their latents to
+      ``t0 = strength * T`` and run the reverse process from ``t0`` under the target condition.
+      Small ``strength`` keeps the cells close to the source (faithful); large ``strength``
+      lets the model replace more of the cell by what it learnt of the target (realistic).
+    - ``"ode"`` (DDIB, Su et al. 2023): integrate the probability-flow ODE from the source
+      latent up to ``t0`` under the source condition (inversion), then back down under the
+      target condition. Deterministic and invertible: editing back to the source condition
+      returns the source latent up to the ODE discretisation error.
+    - ``"latent_shift"`` (scGen-style baseline, Lotfollahi et al. 2019): add the difference of
+      the mean latents of reference cells with the target and with the source value.
+
+    All methods decode the edited latents under the target covariates, with each source cell's
+    observed library size, and draw negative-binomial counts.
+
+    Parameters
+    ----------
+    model
+        A trained :class:`~scgm_scvi.SCGM` (both stages).
+
+    Examples
+    --------
+    >>> scgm_scvi.SCGM.setup_anndata(adata, labels_key="cell_type",
+    ...                              categorical_covariate_keys=["condition"])
+    >>> model = scgm_scvi.SCGM(adata)
+    >>> model.train()
+    >>> editor = scgm_scvi.SCGEditor(model)
+    >>> ctrl = adata[adata.obs["condition"] == "ctrl"]
+    >>> stim = editor.edit(ctrl, {"condition": "stim"}, strength=0.5)
+    >>> knock_down = editor.edit(ctrl, {"condition": "ctrl"}, strength=0.3, genes={"CD19": 0})
+    """
+
+    def __init__(self, model: SCGM):
+        if not getattr(model, "diffusion_trained_", False):
+            raise RuntimeError(
+                "The model's diffusion stage is not trained: call model.train() before editing."
+            )
+        self.model = model
+
+    def __repr__(self) -> str:
+        return f"SCGEditor({self.model.__class__.__name__}, n_genes={len(self.model.var_names_)})"
+
+    # ------------------------------------------------------------------ public API
+    @torch.no_grad()  # not inference_mode: gene guidance needs autograd inside the sampler
+    def edit(
+        self,
+        adata: AnnData,
+        target: str | Mapping[str, str],
+        strength: float = 0.5,
+        method: Method = "sdedit",
+        sampler: Sampler | None = None,
+        n_steps: int | None = None,
+        guidance_scale: float = 1.0,
+        genes: Mapping[str, float | Literal["up", "down"]] | None = None,
+        gene_guidance_scale: float = 1.0,
+        n_samples: int = 1,
+        seed: int | None = 0,
+        reference: AnnData | None = None,
+        store_latent: bool = False,
+        step_callback: StepCallback | None = None,
+        batch_size: int = 1024,
+        progress_bar: bool | None = None,
+    ) -> AnnData:
+        """Edit the cells of ``adata`` toward ``target``.
+
+        Parameters
+        ----------
+        adata
+            Count data with the model's genes (matched by name, any order; extra genes are
+            dropped with a warning) and the ``obs`` columns registered with
+            :meth:`~scgm_scvi.SCGM.setup_anndata`. Never modified, except
+            ``adata.obsm["X_scgm_edited"]`` when ``store_latent=True``.
+        target
+            ``{obs key: value}`` for the registered covariates to change (cell type, batch or a
+            categorical covariate), e.g. ``{"condition": "stim"}``; a bare string sets the
+            cell type. Covariates not named keep each source cell's value.
+        strength
+            ``t0 / T`` in ``(0, 1]``: how far into the diffusion the source is pushed before
+            being brought back under the target (SDEdit's realism-faithfulness trade-off). Values
+            at or below the SDE's ``eps`` return (nearly) the source latent. Unused by
+            ``"latent_shift"``.
+        method
+            ``"sdedit"``, ``"ode"`` or ``"latent_shift"`` (see the class description).
+        sampler
+            Reverse-process sampler, as in :meth:`~scgm_scvi.SCGM.generate`. Default:
+            ``"euler_maruyama"`` for ``"sdedit"`` and ``"ode"`` (Heun) for ``"ode"``, which only
+            accepts the deterministic ``"ode"`` and ``"ode_euler"``.
+        n_steps
+            Steps from ``t0`` down to ``eps``; default: the sampler's default density over the
+            full time range scaled by ``strength`` (e.g. 250 Euler-Maruyama steps at 0.5).
+        guidance_scale
+            Classifier-free guidance weight on the target columns (1 = plain conditional model,
+            > 1 pushes harder toward the target).
+        genes
+            Gene-level constraints applied at every reverse step through the decoder
+            (reconstruction guidance): ``"up"`` / ``"down"`` push the decoded expression of a
+            gene, a number steers the decoded mean count of the gene in each edited cell
+            toward it (``0`` for an in-silico knock-down). Limits: the gene can only move as far
+            as the VAE's latent space lets it, so co-regulated genes move with it, and a value
+            far outside what the model has seen is approached but not reached.
+        gene_guidance_scale
+            Strength of the gene-level guidance.
+        n_samples
+            Edited cells per source cell (for uncertainty); ``"ode"`` and ``"latent_shift"`` are
+            deterministic in latent space, so their samples differ only in the NB counts.
+        seed
+            Random seed of the noise and the NB draws (``None``: not reseeded).
+        reference
+            For ``"latent_shift"``: cells whose mean latents give the shift (default: the
+            model's training data).
+        store_latent
+            Also write the edited latents (mean over ``n_samples``) to
+            ``adata.obsm["X_scgm_edited"]``.
+        step_callback
+            Optional per-step hook ``callback(i, t, x) -> x or None`` passed to the sampler of
+            the target pass; ``x`` is the standardised latent. A returned tensor replaces
+            ``x`` (user interventions).
+        batch_size
+            Cells processed at once.
+        progress_bar
+            Show a progress bar (default: only in interactive sessions).
+
+        Returns
+        -------
+        AnnData with ``X`` = edited NB counts (CSR, float32 integers), ``obs`` = the source
+        ``obs`` with the target columns set, ``source_<key>`` holding the source values,
+        ``source_cell`` and ``library_size``; ``obsm["X_scgm_source"]`` and
+        ``obsm["X_scgm_edited"]`` = source and edited VAE latents; ``uns["scgm_edit"]`` = the
+        edit parameters.
+        """
+        model, module = self.model, self.model.module
+        method, sampler, n_steps, t0 = self._check_options(method, sampler, n_steps, strength)
+        if not isinstance(n_samples, int | np.integer) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+        target = self._resolve_target(target)
+        gene_idx, gene_target, gene_dir = self._resolve_genes(genes)
+        if gene_idx is not None and method == "latent_shift":
+            raise ValueError("Gene-level guidance needs a reverse process: use 'sdedit' or 'ode'.")
+        if method == "latent_shift" and reference is None and model.adata is None:
+            raise ValueError(
+                "method='latent_shift' needs reference cells for the latent means, but the model "
+                "was loaded without its training AnnData. Pass reference=<AnnData set up like the "
+                "training data> or load the model with its AnnData."
+            )
+
+        module.eval()
+        device = model.device
+        src = self._encode(self._aligned_copy(adata, "adata"), batch_size)
+        n = len(src["z"])
+        changed = list(target)
+        cond_tgt = src["cond"].clone()
+        for j, code in target.items():
+            cond_tgt[:, j] = code
+        batch_col = self._batch_column()
+        batch_tgt = cond_tgt[:, batch_col] if batch_col in target else src["batch_index"][:, 0]
+
+        rep = np.repeat(np.arange(n), n_samples)
+        rep_t = torch.as_tensor(rep, device=device)
+        z_src = src["z"][rep_t]
+        if method == "latent_shift":
+            delta = self._latent_shift(target, src["cond"], reference, batch_size)
+            z_edit = z_src + delta[rep_t]
+            nfe = 0
+        else:
+            z_edit, nfe = self._sample(
+                x0=module.standardize(z_src),
+                cond_src=src["cond"][rep_t],
+                cond_tgt=cond_tgt[rep_t],
+                changed=changed,
+                decoder=(
+                    src["log_library"][rep_t],
+                    batch_tgt[rep_t, None],
+                    cond_tgt[rep_t],
+                    None if src["cont"] is None else src["cont"][rep_t],
+                ),
+                method=method,
+                sampler=sampler,
+                n_steps=n_steps,
+                t0=t0,
+                guidance_scale=guidance_scale,
+                genes=(gene_idx, gene_target, gene_dir, gene_guidance_scale),
+                seed=seed,
+                step_callback=step_callback,
+                batch_size=batch_size,
+                progress_bar=progress_bar,
+            )
+            z_edit = module.unstandardize(z_edit)
+
+        table = self._decoder_table(
+            cond_tgt[rep_t], batch_tgt[rep_t], src["log_library"][rep_t], src["cont"], rep
+        )
+        X = model._decode(z_edit, table, "counts", None if seed is None else seed + 1, batch_size)
+        out = self._output(adata, X, rep, n_samples, target, table, z_src, z_edit)
+        out.uns[UNS_KEY] = {
+            "method": method,
+            "target": {model.conditions_["columns"][j]["key"]: v for j, v in self._names(target)},
+            "strength": float(strength),
+            "t0": float(t0),
+            "sampler": sampler or "none",
+            "n_steps": int(n_steps),
+            "guidance_scale": float(guidance_scale),
+            "genes": {
+                k: (v if isinstance(v, str) else float(v)) for k, v in (genes or {}).items()
+            },
+            "gene_guidance_scale": float(gene_guidance_scale),
+            "n_samples": int(n_samples),
+            "seed": -1 if seed is None else int(seed),
+            "network_evaluations_per_cell": int(nfe),
+        }
+        if store_latent:
+            edited = z_edit.cpu().numpy().reshape(n, n_samples, -1).mean(axis=1)
+            adata.obsm[EDITED_KEY] = edited
+        return out
+
+    # ------------------------------------------------------------------ argument checks
+    def _check_options(self, method, sampler, n_steps, strength):
+        if method not in ("sdedit", "ode", "latent_shift"):
+            raise ValueError(f"method must be 'sdedit', 'ode' or 'latent_shift', got {method!r}.")
+        if not isinstance(strength, int | float | np.floating) or not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {strength!r}.")
+        sde = self.model.module.sde
+        t0 = max(float(strength) * sde.T, sde.eps)  # below eps the reverse grid would increase
+        if method == "latent_shift":
+            return method, None, 0, t0
+        if sampler is None:
+            sampler = "ode" if method == "ode" else "euler_maruyama"
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}.")
+        if method == "ode" and sampler not in ODE_SAMPLERS:
+            raise ValueError(
+                f"method='ode' inverts the probability-flow ODE and needs an ODE sampler "
+                f"{list(ODE_SAMPLERS)}, got {sampler!r}."
+            )
+        if n_steps is None:
+            n_steps = max(1, math.ceil(FULL_RANGE_STEPS[sampler] * t0 / sde.T))
+        if n_steps < 1:
+            raise ValueError(f"n_steps must be >= 1, got {n_steps}.")
+        return method, sampler, int(n_steps), t0
+
+    def _resolve_target(self, target) -> dict[int, int]:
+        """``{column index of the score network: category code}`` for the target."""
+        columns = self.model.conditions_["columns"]
+        if isinstance(target, str):
+            if not columns[0]["registered"]:
+                raise ValueError(
+                    "A bare string target sets the cell type, but no labels_key was registered; "
+                    "pass a dict such as {'condition': 'stim'}."
+                )
+            target = {columns[0]["key"]: target}
+        if not isinstance(target, Mapping) or len(target) == 0:
+            raise ValueError(
+                f"target must be a non-empty dict {{obs key: value}} or a cell-type name, got "
+                f"{target!r}."
+            )
+        valid = {c["key"]: j for j, c in enumerate(columns) if c.get("registered", True)}
+        out = {}
+        for key, value in target.items():
+            if key not in valid:
+                raise ValueError(
+                    f"Unknown target key {key!r}. Covariates that can be edited: {list(valid)}."
+                )
+            cats = columns[valid[key]]["categories"]
+            if value not in cats:
+                raise ValueError(f"Unknown {key} value {value!r}. Valid values: {cats}.")
+            out[valid[key]] = cats.index(value)
+        return out
+
+    def _names(self, target: dict[int, int]):
+        columns = self.model.conditions_["columns"]
+        return [(j, columns[j]["categories"][code]) for j, code in target.items()]
+
+    def _resolve_genes(self, genes):
+        if not genes:
+            return None, None, None
+        var_names = self.model.var_names_
+        missing = [g for g in genes if g not in var_names]
+        if missing:
+            raise ValueError(
+                f"Genes {missing} are not among the model's {len(var_names)} genes "
+                f"(e.g. {list(var_names[:5])})."
+            )
+        target, direction = [], []
+        for gene, value in genes.items():
+            if isinstance(value, str):
+                if value not in ("up", "down"):
+                    raise ValueError(
+                        f"genes[{gene!r}] must be 'up', 'down' or a non-negative number, got "
+                        f"{value!r}."
+                    )
+                target.append(0.0)
+                direction.append(1.0 if value == "up" else -1.0)
+            else:
+                if not np.isfinite(value) or value < 0:
+                    raise ValueError(f"genes[{gene!r}] must be non-negative, got {value!r}.")
+                target.append(float(value))
+                direction.append(0.0)
+        device = self.model.device
+        idx = torch.as_tensor(var_names.get_indexer(list(genes)), device=device)
+        return idx, torch.tensor(target, device=device), torch.tensor(direction, device=device)
+
+    def _batch_column(self) -> int | None:
+        for j, c in enumerate(self.model.conditions_["columns"]):
+            if c["name"] == "batch":
+                return j
+        return None
+
+    # ------------------------------------------------------------------ data in
+    def _aligned_copy(self, adata: AnnData, name: str) -> AnnData:
+        """A minimal private AnnData with the model's genes in order and the registered columns.
+
+        scvi-tools' registration writes ``_scvi_*`` columns and ``uns`` keys into the AnnData it
+        is given, so it only ever sees this copy.
+        """
+        if not isinstance(adata, AnnData):
+            raise TypeError(f"`{name}` must be an AnnData object, got {type(adata).__name__}.")
+        if adata.n_obs == 0:
+            raise ValueError(f"`{name}` has no cells.")
+        model = self.model
+        genes = model.var_names_
+        present = genes.isin(adata.var_names)
+        if not present.all():
+            missing = list(genes[~present])
+            raise ValueError(
+                f"`{name}` lacks {len(missing)} of the model's {len(genes)} genes "
+                f"(e.g. {missing[:10]}). Editing needs every gene the model was trained on, "
+                "matched by name in var_names."
+            )
+        if not adata.var_names.is_unique:
+            raise ValueError(f"`{name}` has duplicated gene names; make var_names unique first.")
+        n_extra = adata.n_vars - len(genes)
+        if n_extra > 0:
+            warnings.warn(
+                f"`{name}` has {n_extra} genes the model was not trained on; they are dropped.",
+                UserWarning,
+                stacklevel=3,
+            )
+        setup = model.registry_["setup_args"]
+        keys = [setup.get("labels_key"), setup.get("batch_key")]
+        keys += list(setup.get("categorical_covariate_keys") or [])
+        keys += list(setup.get("continuous_covariate_keys") or [])
+        keys = [k for k in keys if k is not None]
+        missing_cols = [k for k in keys if k not in adata.obs]
+        if missing_cols:
+            raise ValueError(
+                f"`{name}`.obs lacks the registered columns {missing_cols}; every source cell "
+                "needs its cell type and covariates (the target only replaces some of them)."
+            )
+        categories = {c["key"]: c["categories"] for c in model.conditions_["columns"]}
+        if setup.get("batch_key") is not None:
+            categories[setup["batch_key"]] = model.conditions_["batch_categories"]
+        for key, cats in categories.items():
+            if key not in keys:
+                continue
+            unknown = sorted({str(v) for v in pd.unique(adata.obs[key]) if v not in cats})
+            if unknown:
+                raise ValueError(
+                    f"`{name}`.obs[{key!r}] has values {unknown} the model was not trained on. "
+                    f"Valid values: {cats}."
+                )
+        layer = setup.get("layer")
+        data = adata.X if layer is None else adata.layers[layer]
+        data = data[:, adata.var_names.get_indexer(genes)]
+        data = data.copy() if sp.issparse(data) else np.array(data, copy=True)
+        obs = pd.DataFrame({k: adata.obs[k].to_numpy() for k in keys}, index=adata.obs_names)
+        var = pd.DataFrame(index=genes.copy())
+        if layer is None:
+            return AnnData(X=data, obs=obs, var=var)
+        return AnnData(
+            X=sp.csr_matrix(data.shape, dtype=np.float32), obs=obs, var=var, layers={layer: data}
+        )
+
+    def _encode(self, work: AnnData, batch_size: int) -> dict[str, torch.Tensor | None]:
+        """Posterior means, condition codes, log library, batch and continuous covariates."""
+        model, module = self.model, self.model.module
+        store = type(model)._per_instance_manager_store.get(model.id, {})
+        before = set(store)
+        # a model loaded without AnnData adopts the AnnData it validates: undo that afterwards
+        loaded_bare = model.adata is None
+        model._validate_anndata(work)
+        try:
+            loader = model._make_data_loader(adata=work, batch_size=batch_size, shuffle=False)
+            z, cond, lib, bidx, cont = [], [], [], [], []
+            for batch in loader:
+                inf = module.inference(**module._get_inference_input(batch))
+                z.append(inf["qz"].loc)
+                lib.append(inf["library"])
+                cond.append(model._condition_codes_from_batch(batch))
+                bidx.append(batch[REGISTRY_KEYS.BATCH_KEY].long())
+                if REGISTRY_KEYS.CONT_COVS_KEY in batch:
+                    cont.append(batch[REGISTRY_KEYS.CONT_COVS_KEY].float())
+        finally:
+            # forget the private copy so repeated edits do not keep it alive
+            store = type(model)._per_instance_manager_store.get(model.id, {})
+            for key in set(store) - before:
+                store.pop(key, None)
+            if loaded_bare:
+                model._adata, model._adata_manager = None, None
+        device = model.device
+        return {
+            "z": torch.cat(z).to(device),
+            "cond": torch.cat(cond).to(device),
+            "log_library": torch.cat(lib).to(device),
+            "batch_index": torch.cat(bidx).to(device),
+            "cont": torch.cat(cont).to(device) if cont else None,
+        }
+
+    # ------------------------------------------------------------------ latent math
+    def _latent_shift(
+        self,
+        target: dict[int, int],
+        cond_src: torch.Tensor,
+        reference: AnnData | None,
+        batch_size: int,
+    ) -> torch.Tensor:
+        """scGen-style shift per source cell: mean latent (target value) - mean (source value)."""
+        model = self.model
+        if reference is None:
+            tensors, _ = model._latent_pass()
+            ref_z = tensors["z_loc"].clone().to(model.device)
+            ref_cond = tensors["cond"].clone().to(model.device)
+        else:
+            ref = self._encode(self._aligned_copy(reference, "reference"), batch_size)
+            ref_z, ref_cond = ref["z"], ref["cond"]
+        columns = model.conditions_["columns"]
+        delta = torch.zeros(len(cond_src), ref_z.shape[1], device=model.device)
+        for j, code in target.items():
+            n_cats = len(columns[j]["categories"])
+            counts = torch.bincount(ref_cond[:, j], minlength=n_cats).float()
+            sums = torch.zeros(n_cats, ref_z.shape[1], device=model.device)
+            sums.index_add_(0, ref_cond[:, j], ref_z)
+            if counts[code] == 0:
+                raise ValueError(
+                    f"No reference cells with {columns[j]['key']}="
+                    f"{columns[j]['categories'][code]!r} to compute the latent shift from."
+                )
+            means = sums / counts.clamp_min(1)[:, None]
+            src_codes = cond_src[:, j]
+            lacking = (counts[src_codes] == 0).nonzero()
+            if len(lacking):
+                value = columns[j]["categories"][int(src_codes[lacking[0, 0]])]
+                raise ValueError(
+                    f"No reference cells with {columns[j]['key']}={value!r} (a source value)."
+                )
+            delta += means[code] - means[src_codes]
+        return delta
+
+    def _sample(
+        self,
+        x0,
+        cond_src,
+        cond_tgt,
+        changed,
+        decoder,
+        method,
+        sampler,
+        n_steps,
+        t0,
+        guidance_scale,
+        genes,
+        seed,
+        step_callback,
+        batch_size,
+        progress_bar,
+    ) -> tuple[torch.Tensor, int]:
+        """Run the shared samplers from the source latents; standardised latents out."""
+        module = self.model.module
+        sde = module.sde
+        device = x0.device
+        spacing = "karras" if sampler in ODE_SAMPLERS else "uniform"
+        ts = sde.time_grid(n_steps, t_start=t0, spacing=spacing, device=device)
+        sample_fn = SAMPLERS[sampler]
+        gene_idx, gene_target, gene_dir, gene_scale = genes
+        lib, batch_index, cat_cond, cont = decoder
+        cat_cols = [
+            j for j, c in enumerate(self.model.conditions_["columns"]) if c["name"] == "cat_cov"
+        ]
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(int(seed))
+        chunks = list(torch.split(torch.arange(len(x0), device=device), batch_size))
+        passes = 2 if method == "ode" else 1
+        bar = tqdm(
+            total=passes * n_steps * len(chunks),
+            desc=f"Editing ({method}, {sampler})",
+            disable=None if progress_bar is None else not progress_bar,
+        )
+
+        def callback(i, t, x):
+            bar.update()
+            return None if step_callback is None else step_callback(i, t, x)
+
+        out = []
+        for rows in chunks:
+            c_tgt = cond_tgt[rows]
+            eps_tgt = classifier_free_guidance(
+                module.eps, c_tgt, module.null_condition(c_tgt, changed), guidance_scale
+            )
+            if gene_idx is not None and gene_scale != 0:
+                eps_tgt = gene_guidance(
+                    eps_tgt,
+                    sde,
+                    _expression_fn(
+                        module,
+                        gene_idx,
+                        lib[rows],
+                        batch_index[rows],
+                        cat_cond[rows, :1],
+                        cat_cond[rows][:, cat_cols] if cat_cols else None,
+                        None if cont is None else cont[rows],
+                    ),
+                    gene_target,
+                    gene_dir,
+                    gene_scale,
+                )
+            x = x0[rows]
+            if method == "ode":
+                c_src = cond_src[rows]
+                eps_src = classifier_free_guidance(module.eps, c_src, c_src, 1.0)
+                x = sample_fn(eps_src, sde, x, ts.flip(0), callback=lambda *_: bar.update())
+            else:
+                noise = torch.randn(x.shape, device=device, dtype=x.dtype, generator=generator)
+                x = sde.perturb(x, ts[:1].expand(len(x)), noise)
+            x = sample_fn(eps_tgt, sde, x, ts, generator=generator, callback=callback)
+            out.append(x)
+        bar.close()
+        nfe = EVALS_PER_STEP[sampler] * n_steps * (1 if guidance_scale == 1.0 else 2)
+        if method == "ode":
+            nfe += EVALS_PER_STEP[sampler] * n_steps
+        return torch.cat(out), nfe
+
+    # ------------------------------------------------------------------ data out
+    def _decoder_table(self, cond, batch_index, log_library, cont, rep) -> pd.DataFrame:
+        """Decoder inputs in the layout of ``SCGM._decode``: target codes, source library."""
+        model = self.model
+        cond_np = cond.cpu().numpy()
+        table = pd.DataFrame({f"cond_{j}": cond_np[:, j] for j in range(cond_np.shape[1])})
+        table["log_library"] = log_library[:, 0].cpu().numpy()
+        table["batch_index"] = batch_index.cpu().numpy()
+        if cont is not None:
+            cont_np = cont.cpu().numpy()[rep]
+            for k, key in enumerate(model.conditions_["cont_keys"]):
+                table[f"cont_{key}"] = cont_np[:, k]
+        return table
+
+    def _output(self, adata, X, rep, n_samples, target, table, z_src, z_edit) -> AnnData:
+        columns = self.model.conditions_["columns"]
+        obs = adata.obs.iloc[rep].copy()
+        obs["source_cell"] = adata.obs_names[rep].to_numpy()
+        if n_samples > 1:
+            obs["edit_sample"] = np.tile(np.arange(n_samples), adata.n_obs)
+            obs.index = [
+                f"{c}-{k}" for c, k in zip(obs["source_cell"], obs["edit_sample"], strict=True)
+            ]
+        for j in target:
+            key, cats = columns[j]["key"], columns[j]["categories"]
+            obs[f"source_{key}"] = adata.obs[key].to_numpy()[rep]
+            obs[key] = pd.Categorical.from_codes(table[f"cond_{j}"].to_numpy(), categories=cats)
+        obs["library_size"] = np.exp(table["log_library"].to_numpy()).round()
+        out = AnnData(X=X, obs=obs, var=pd.DataFrame(index=self.model.var_names_.copy()))
+        out.obsm[SOURCE_KEY] = z_src.cpu().numpy()
+        out.obsm[EDITED_KEY] = z_edit.cpu().numpy()
+        return out
+
+
+def _expression_fn(module, gene_idx, lib, batch_index, labels, cat_covs, cont_covs):
+    """Differentiable decoded mean counts of the guided genes at standardised latents."""
+
+    def fn(x0: torch.Tensor) -> torch.Tensor:
+        px = module.decode(module.unstandardize(x0), lib, batch_index, labels, cat_covs, cont_covs)
+        return px.scale[:, gene_idx] * torch.exp(lib)
+
+    return fn

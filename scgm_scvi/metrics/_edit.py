@@ -1,0 +1,329 @@
+"""Metrics for edited cells (control -> stimulated), as in scGen and scPerturBench."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scanpy as sc
+import scipy.sparse as sp
+from anndata import AnnData
+from scipy import stats
+
+from ._distances import energy_distance
+from ._utils import (
+    Matrix,
+    align_genes,
+    check_adata,
+    check_counts,
+    col_mean_var,
+    get_matrix,
+    log1p_cp10k,
+    to_dense,
+)
+
+
+def mean_expression(
+    adata: AnnData, genes: Sequence[str] | None = None, *, layer: str | None = None
+) -> pd.Series:
+    """Per-gene mean of log1p(CP10k) expression.
+
+    The library size is computed over all genes of ``adata``; ``genes`` only selects which
+    means are returned.
+
+    Parameters
+    ----------
+    adata
+        Cells with raw counts. Not modified.
+    genes
+        Genes to return (all by default).
+    layer
+        Layer holding the counts; ``None`` uses ``adata.X``.
+
+    Returns
+    -------
+    Series indexed by gene name.
+    """
+    check_adata(adata, "adata")
+    X = get_matrix(adata, None, layer, "adata")
+    check_counts(X, "adata")
+    means = pd.Series(col_mean_var(log1p_cp10k(X))[0], index=adata.var_names, name="mean")
+    if genes is None:
+        return means
+    return means.loc[_check_genes(genes, adata.var_names, "adata")]
+
+
+def r2_mean(
+    pred: AnnData,
+    real: AnnData,
+    genes: Sequence[str] | None = None,
+    *,
+    layer: str | None = None,
+    pred_layer: str | None = None,
+) -> float:
+    """scGen's R2: squared Pearson correlation of per-gene mean log1p(CP10k) expression.
+
+    Both datasets are normalised over their shared genes; ``genes`` (default: all shared genes)
+    selects the genes compared.
+
+    Parameters
+    ----------
+    pred
+        Predicted (edited) cells with counts. Not modified.
+    real
+        Real target cells with raw counts. Not modified.
+    genes
+        Genes to compare, e.g. the top DEGs from :func:`top_degs`.
+    layer, pred_layer
+        Layers holding the counts of ``real`` / ``pred``; ``None`` uses ``.X``.
+
+    Returns
+    -------
+    R2 in [0, 1]; NaN if either mean profile is constant.
+    """
+    means = shared_means({"pred": (pred, pred_layer), "real": (real, layer)}, genes)
+    return _pearson(means["pred"], means["real"]) ** 2
+
+
+def pearson_delta(
+    pred: AnnData,
+    real: AnnData,
+    control: AnnData,
+    genes: Sequence[str] | None = None,
+    *,
+    layer: str | None = None,
+    pred_layer: str | None = None,
+) -> float:
+    """Pearson correlation of predicted and real mean changes from control (scPerturBench).
+
+    ``corr(mean(pred) - mean(control), mean(real) - mean(control))`` over ``genes``, with means
+    of log1p(CP10k) normalised over the genes shared by the three datasets.
+
+    Parameters
+    ----------
+    pred
+        Predicted (edited) cells with counts. Not modified.
+    real
+        Real target (e.g. stimulated) cells with raw counts. Not modified.
+    control
+        Real control cells with raw counts (the cells that were edited). Not modified.
+    genes
+        Genes to compare (protocol: the top-100 DEGs); all shared genes by default.
+    layer, pred_layer
+        Layers holding the counts of ``real`` and ``control`` / of ``pred``.
+
+    Returns
+    -------
+    Pearson correlation; NaN if either change is constant (e.g. for the identity baseline).
+    """
+    means = shared_means(
+        {"pred": (pred, pred_layer), "real": (real, layer), "control": (control, layer)}, genes
+    )
+    return _pearson(means["pred"] - means["control"], means["real"] - means["control"])
+
+
+def top_degs(
+    real_stim: AnnData,
+    control: AnnData,
+    n: int = 100,
+    *,
+    layer: str | None = None,
+    rank_by: Literal["score", "abs_score"] = "score",
+) -> list[str]:
+    """Top differentially expressed genes of ``real_stim`` vs ``control`` (Wilcoxon, scanpy).
+
+    Runs :func:`scanpy.tl.rank_genes_groups` (``method="wilcoxon"``) on log1p(CP10k) values of
+    the shared genes, stimulated vs control as reference.
+
+    Parameters
+    ----------
+    real_stim
+        Real stimulated cells with raw counts. Not modified.
+    control
+        Real control cells with raw counts. Not modified.
+    n
+        Number of genes.
+    layer
+        Layer holding the counts; ``None`` uses ``.X``.
+    rank_by
+        ``"score"``: highest Wilcoxon z-scores first, i.e. the most up-regulated genes (scanpy's
+        order, as used by scGen). ``"abs_score"``: largest absolute z-score, up or down.
+
+    Returns
+    -------
+    Gene names, strongest first.
+    """
+    if rank_by not in ("score", "abs_score"):
+        raise ValueError(f"`rank_by` must be 'score' or 'abs_score', got {rank_by!r}.")
+    check_adata(real_stim, "real_stim")
+    check_adata(control, "control")
+    if real_stim.n_obs < 2 or control.n_obs < 2:
+        raise ValueError("The Wilcoxon test needs at least 2 stimulated and 2 control cells.")
+    genes = align_genes({"real_stim": real_stim, "control": control})
+    if n < 1 or n > len(genes):
+        raise ValueError(f"`n` must be between 1 and the {len(genes)} shared genes, got {n}.")
+    Ls = _lognorm(real_stim, genes, layer, "real_stim")
+    Lc = _lognorm(control, genes, layer, "control")
+    return top_degs_lognorm(Ls, Lc, genes, n, rank_by)
+
+
+def top_degs_lognorm(
+    L_stim: Matrix,
+    L_control: Matrix,
+    genes: pd.Index,
+    n: int = 100,
+    rank_by: Literal["score", "abs_score"] = "score",
+) -> list[str]:
+    """Array-level core of :func:`top_degs` on log1p(CP10k) matrices with columns ``genes``."""
+    X = sp.vstack([sp.csr_matrix(L_stim), sp.csr_matrix(L_control)], format="csr")
+    group = np.r_[np.repeat("stim", L_stim.shape[0]), np.repeat("ctrl", L_control.shape[0])]
+    obs = pd.DataFrame({"group": pd.Categorical(group)}, index=np.arange(len(group)).astype(str))
+    tmp = AnnData(X, obs=obs, var=pd.DataFrame(index=pd.Index(genes, dtype=str)))
+    tmp.uns["log1p"] = {"base": None}  # values are natural-log log1p, as scanpy assumes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scanpy's notes on fragmented frames etc.
+        sc.tl.rank_genes_groups(
+            tmp, "group", groups=["stim"], reference="ctrl", method="wilcoxon", key_added="rgg"
+        )
+    df = sc.get.rank_genes_groups_df(tmp, group="stim", key="rgg")
+    if rank_by == "abs_score":
+        df = df.reindex(df["scores"].abs().sort_values(ascending=False, kind="stable").index)
+    return [str(g) for g in df["names"].iloc[:n]]
+
+
+def evaluate_edit(
+    edited: AnnData,
+    real_target: AnnData,
+    control: AnnData,
+    n_degs: int = 100,
+    *,
+    degs: Sequence[str] | None = None,
+    layer: str | None = None,
+    edited_layer: str | None = None,
+    rank_by: Literal["score", "abs_score"] = "score",
+    max_cells: int | None = 5000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """All editing metrics of ``evaluation.md`` for one held-out cell type.
+
+    Rows (column ``metric``):
+
+    - ``r2_mean_all`` / ``r2_mean_top_degs``: scGen's R2 of means over all shared genes / the
+      top DEGs;
+    - ``pearson_delta_top_degs``: :func:`pearson_delta` on the top DEGs;
+    - ``e_distance_top_degs``: E-distance (squared Euclidean, scPerturBench's convention; equals
+      ``2 ||mean difference||^2``) between edited and real target cells on the log1p(CP10k) of
+      the top DEGs; lower is better;
+    - ``energy_distance_top_degs``: the same with Euclidean distances (pertpy >= 2025 default),
+      which also sees differences in spread.
+
+    The DEGs (Wilcoxon, real target vs control) are stored in ``result.attrs["degs"]``.
+
+    Parameters
+    ----------
+    edited
+        Edited cells (counts), e.g. control cells moved to ``condition="stim"``. Not modified.
+    real_target
+        Real cells of the target condition (same cell type). Not modified.
+    control
+        The real control cells that were edited. Not modified.
+    n_degs
+        Number of top DEGs (protocol: 100).
+    degs
+        Use these genes instead of computing DEGs.
+    layer, edited_layer
+        Layers holding the counts of the real datasets / of ``edited``; ``None`` uses ``.X``.
+    rank_by
+        DEG ranking, see :func:`top_degs`.
+    max_cells
+        Subsampling cap of the E-distances (seeded).
+    seed
+        Seed of that subsampling.
+
+    Returns
+    -------
+    Tidy frame with columns ``metric``, ``value``.
+    """
+    for name, a in (("edited", edited), ("real_target", real_target), ("control", control)):
+        check_adata(a, name)
+    genes = align_genes({"real_target": real_target, "control": control, "edited": edited})
+    L = {
+        "edited": _lognorm(edited, genes, edited_layer, "edited"),
+        "real": _lognorm(real_target, genes, layer, "real_target"),
+        "control": _lognorm(control, genes, layer, "control"),
+    }
+    if degs is None:
+        if real_target.n_obs < 2 or control.n_obs < 2:
+            raise ValueError("DEGs need at least 2 real target and 2 control cells.")
+        degs = top_degs_lognorm(L["real"], L["control"], genes, min(n_degs, len(genes)), rank_by)
+    deg_idx = genes.get_indexer(_check_genes(degs, genes, "the shared genes"))
+    means = {k: col_mean_var(v)[0] for k, v in L.items()}
+    delta_pred = means["edited"] - means["control"]
+    delta_real = means["real"] - means["control"]
+    x_ed = to_dense(L["edited"][:, deg_idx])
+    x_real = to_dense(L["real"][:, deg_idx])
+    rows = [
+        ("r2_mean_all", _pearson(means["edited"], means["real"]) ** 2),
+        ("r2_mean_top_degs", _pearson(means["edited"][deg_idx], means["real"][deg_idx]) ** 2),
+        ("pearson_delta_top_degs", _pearson(delta_pred[deg_idx], delta_real[deg_idx])),
+        (
+            "e_distance_top_degs",
+            energy_distance(x_ed, x_real, squared=True, max_cells=max_cells, seed=seed),
+        ),
+        (
+            "energy_distance_top_degs",
+            energy_distance(x_ed, x_real, squared=False, max_cells=max_cells, seed=seed),
+        ),
+    ]
+    out = pd.DataFrame(rows, columns=["metric", "value"])
+    out.attrs["degs"] = list(degs)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _lognorm(adata: AnnData, genes: pd.Index, layer: str | None, name: str) -> Matrix:
+    X = get_matrix(adata, genes, layer, name)
+    check_counts(X, name)
+    return log1p_cp10k(X)
+
+
+def shared_means(
+    datasets: dict[str, tuple[AnnData, str | None]], genes: Sequence[str] | None
+) -> dict[str, np.ndarray]:
+    for name, (a, _) in datasets.items():
+        check_adata(a, name)
+    shared = align_genes({k: a for k, (a, _) in datasets.items()})
+    idx = (
+        np.arange(len(shared))
+        if genes is None
+        else shared.get_indexer(_check_genes(genes, shared, "the shared genes"))
+    )
+    return {
+        k: col_mean_var(_lognorm(a, shared, lay, k))[0][idx] for k, (a, lay) in datasets.items()
+    }
+
+
+def _check_genes(genes: Sequence[str], available: pd.Index, where: str) -> list[str]:
+    genes = [str(g) for g in genes]
+    if len(genes) == 0:
+        raise ValueError("`genes` is empty.")
+    missing = [g for g in genes if g not in available]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} requested genes are not in {where} (e.g. {missing[:5]}); pass "
+            "genes present in every dataset."
+        )
+    return genes
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(stats.pearsonr(a, b).statistic)

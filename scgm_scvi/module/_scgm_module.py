@@ -1,0 +1,194 @@
+"""One torch module holding both stages: the NB-VAE and the latent score network.
+
+Keeping both in one module means the stock ``model.save`` / ``SCGM.load`` round-trip everything
+(networks, latent statistics, library statistics) in one ``model.pt``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from scvi.module import VAE
+from scvi.module.base import LossOutput
+
+from scgm_scvi.sde import VPSDE
+
+from ._score_net import ScoreNetwork
+
+# keys of the stage-2 minibatches built by :class:`scgm_scvi.data.LatentDataModule`
+Z_LOC_KEY = "z_loc"
+Z_SCALE_KEY = "z_scale"
+COND_KEY = "cond"
+
+
+class SCGMModule(VAE):
+    """NB-VAE (scVI's :class:`~scvi.module.VAE`, sub-network names kept for scArches) plus a
+    conditional noise-prediction network over its standardised latent.
+
+    Parameters
+    ----------
+    n_input
+        Number of genes.
+    n_batch, n_labels, n_continuous_cov, n_cats_per_cov
+        Registry sizes, as in :class:`~scvi.module.VAE`.
+    n_hidden, n_latent, n_layers, dropout_rate, dispersion, gene_likelihood
+        VAE architecture, as in :class:`~scvi.module.VAE`.
+    use_batch_norm, use_layer_norm
+        Normalisation in the VAE; layer norm by default so that decoding a cell never depends on
+        which cells share its minibatch.
+    score_width, score_blocks, score_dropout
+        Size of the score network.
+    p_uncond
+        Probability of replacing each condition by "unknown" during stage-2 training, which makes
+        the same network usable for classifier-free guidance.
+    diffusion_target
+        Train the score on posterior samples ``z ~ q(z|x)`` (``"sample"``) or on posterior means
+        (``"mean"``).
+    beta_min, beta_max
+        Linear noise schedule of the VP-SDE.
+    **vae_kwargs
+        Passed to :class:`~scvi.module.VAE`.
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_batch: int = 0,
+        n_labels: int = 0,
+        n_hidden: int = 256,
+        n_latent: int = 256,
+        n_layers: int = 2,
+        n_continuous_cov: int = 0,
+        n_cats_per_cov: list[int] | None = None,
+        dropout_rate: float = 0.1,
+        dispersion: Literal["gene", "gene-batch", "gene-label", "gene-cell"] = "gene",
+        gene_likelihood: Literal["nb", "zinb", "poisson"] = "nb",
+        use_batch_norm: Literal["encoder", "decoder", "none", "both"] = "none",
+        use_layer_norm: Literal["encoder", "decoder", "none", "both"] = "both",
+        score_width: int = 512,
+        score_blocks: int = 4,
+        score_dropout: float = 0.0,
+        p_uncond: float = 0.1,
+        diffusion_target: Literal["sample", "mean"] = "sample",
+        beta_min: float = 0.1,
+        beta_max: float = 20.0,
+        **vae_kwargs,
+    ):
+        super().__init__(
+            n_input=n_input,
+            n_batch=n_batch,
+            n_labels=n_labels,
+            n_hidden=n_hidden,
+            n_latent=n_latent,
+            n_layers=n_layers,
+            n_continuous_cov=n_continuous_cov,
+            n_cats_per_cov=n_cats_per_cov,
+            dropout_rate=dropout_rate,
+            dispersion=dispersion,
+            gene_likelihood=gene_likelihood,
+            use_batch_norm=use_batch_norm,
+            use_layer_norm=use_layer_norm,
+            **vae_kwargs,
+        )
+        # condition columns of the score network: cell type, batch (if any), categorical covariates
+        self.condition_sizes = [max(n_labels, 1)]
+        if n_batch > 1:
+            self.condition_sizes.append(n_batch)
+        self.condition_sizes += list(n_cats_per_cov or [])
+        self.score_net = ScoreNetwork(
+            n_latent, self.condition_sizes, score_width, score_blocks, score_dropout
+        )
+        self.p_uncond = p_uncond
+        self.diffusion_target = diffusion_target
+        self.sde = VPSDE(beta_min=beta_min, beta_max=beta_max)
+        # stage-2 state, saved in the state dict: latent standardisation, library size per label
+        self.register_buffer("latent_mean", torch.zeros(n_latent))
+        self.register_buffer("latent_std", torch.ones(n_latent))
+        self.register_buffer("library_log_mean", torch.zeros(max(n_labels, 1)))
+        self.register_buffer("library_log_std", torch.ones(max(n_labels, 1)))
+
+    # ------------------------------------------------------------------ stages
+    def vae_parameters(self):
+        """Parameters of stage 1 (everything except the score network)."""
+        return (p for name, p in self.named_parameters() if not name.startswith("score_net."))
+
+    def set_stage(self, stage: Literal["vae", "diffusion"]) -> None:
+        """Make only the parameters of ``stage`` trainable and put the module in train mode.
+
+        Needed before every ``train`` call: scvi-tools leaves the module in eval mode after
+        training and after loading, and loading makes every parameter trainable again.
+        """
+        for p in self.vae_parameters():
+            p.requires_grad_(stage == "vae")
+        for p in self.score_net.parameters():
+            p.requires_grad_(stage == "diffusion")
+        self.train()
+
+    def forward(self, tensors, *args, loss_kwargs: dict | None = None, **kwargs):
+        """Stage 1 runs scVI's forward pass; stage 2 (``stage="diffusion"`` in the plan's
+        ``loss_kwargs``) computes the denoising loss on precomputed latents."""
+        loss_kwargs = dict(loss_kwargs or {})
+        if loss_kwargs.pop("stage", "vae") == "diffusion":
+            return {}, {}, self.diffusion_loss(tensors)
+        return super().forward(tensors, *args, loss_kwargs=loss_kwargs, **kwargs)
+
+    # ------------------------------------------------------------------ latent space
+    def standardize(self, z: torch.Tensor) -> torch.Tensor:
+        """VAE latent -> the unit-scale space the SDE works in."""
+        return (z - self.latent_mean) / self.latent_std
+
+    def unstandardize(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`standardize`."""
+        return x * self.latent_std + self.latent_mean
+
+    def null_condition(self, cond: torch.Tensor, columns: list[int] | None = None) -> torch.Tensor:
+        """Replace the given condition columns (default: all) by their "unknown" code."""
+        out = cond.clone()
+        for j in range(cond.shape[1]) if columns is None else columns:
+            out[:, j] = self.condition_sizes[j]
+        return out
+
+    def eps(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Predicted noise at standardised latent ``x``, time ``t`` (shape ``(n,)``)."""
+        return self.score_net(x, t, cond)
+
+    def diffusion_loss(self, tensors: dict[str, torch.Tensor]) -> LossOutput:
+        """Denoising score-matching loss (noise prediction, uniform time; Ho et al. 2020)."""
+        z = tensors[Z_LOC_KEY]
+        if self.diffusion_target == "sample":
+            z = z + tensors[Z_SCALE_KEY] * torch.randn_like(z)
+        x0 = self.standardize(z)
+        cond = tensors[COND_KEY].long()
+        if self.training and self.p_uncond > 0:
+            drop = torch.rand(cond.shape, device=cond.device) < self.p_uncond
+            null = torch.as_tensor(self.condition_sizes, device=cond.device).expand_as(cond)
+            cond = torch.where(drop, null, cond)
+        t = torch.rand(x0.shape[0], device=x0.device) * (self.sde.T - self.sde.eps) + self.sde.eps
+        noise = torch.randn_like(x0)
+        xt = self.sde.perturb(x0, t, noise)
+        per_cell = ((self.eps(xt, t, cond) - noise) ** 2).mean(dim=-1)
+        return LossOutput(loss=per_cell.mean(), reconstruction_loss=per_cell)
+
+    # ------------------------------------------------------------------ decoding
+    def decode(
+        self,
+        z: torch.Tensor,
+        library: torch.Tensor,
+        batch_index: torch.Tensor,
+        labels: torch.Tensor,
+        cat_covs: torch.Tensor | None = None,
+        cont_covs: torch.Tensor | None = None,
+    ):
+        """Count distribution ``p(x | z, library, covariates)`` for arbitrary latents.
+
+        ``library`` is the log library size, shape ``(n, 1)``.
+        """
+        return self.generative(
+            z=z,
+            library=library,
+            batch_index=batch_index,
+            cont_covs=cont_covs,
+            cat_covs=cat_covs,
+            y=labels,
+        )["px"]

@@ -1,0 +1,113 @@
+"""Noise-prediction network over the (standardised) VAE latent.
+
+Deliberately not built from ``scvi.nn.FCLayers``: scArches surgery hooks every ``FCLayers`` by
+name, and the score network has its own rules for fine-tuning.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal features of ``t`` in ``[0, 1]`` followed by a small MLP."""
+
+    def __init__(self, dim: int, n_freqs: int = 64):
+        super().__init__()
+        # frequencies 1 ... 1000 on a log scale; t*1000 plays the role of DDPM's step index
+        self.register_buffer(
+            "freqs", torch.exp(torch.linspace(0, math.log(1000.0), n_freqs)), persistent=False
+        )
+        self.mlp = nn.Sequential(nn.Linear(2 * n_freqs, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        angles = t[:, None] * self.freqs[None, :]
+        return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))
+
+
+class ConditionEmbedding(nn.Module):
+    """Sum of one embedding per categorical condition; the last code of each is "unknown".
+
+    Column ``j`` of the condition matrix takes codes ``0 .. n_j - 1`` for its categories and
+    ``n_j`` for "no condition", which training uses for label dropout (classifier-free guidance).
+    """
+
+    def __init__(self, n_categories: list[int], dim: int):
+        super().__init__()
+        self.n_categories = list(n_categories)
+        self.tables = nn.ModuleList(nn.Embedding(n + 1, dim) for n in self.n_categories)
+
+    @property
+    def null_codes(self) -> list[int]:
+        """The "no condition" code of each column."""
+        return list(self.n_categories)
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        return sum(table(cond[:, j]) for j, table in enumerate(self.tables))
+
+
+class AdaLNBlock(nn.Module):
+    """Pre-norm residual MLP block whose LayerNorm scale/shift depend on time and condition."""
+
+    def __init__(self, width: int, cond_dim: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.modulation = nn.Linear(cond_dim, 3 * width)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 2 * width), nn.SiLU(), nn.Dropout(dropout), nn.Linear(2 * width, width)
+        )
+        # start as the identity so that deep stacks train from the first step
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.modulation(c).chunk(3, dim=-1)
+        return h + gate * self.mlp(self.norm(h) * (1 + scale) + shift)
+
+
+class ScoreNetwork(nn.Module):
+    """Predicts the noise ``eps`` added to a latent, given time and categorical conditions.
+
+    Parameters
+    ----------
+    n_latent
+        Latent dimension.
+    n_categories
+        Number of categories of each condition column (cell type first, then batch and other
+        categorical covariates).
+    width
+        Hidden width of the residual stack.
+    n_blocks
+        Number of residual blocks.
+    dropout
+        Dropout inside the blocks.
+    """
+
+    def __init__(
+        self,
+        n_latent: int,
+        n_categories: list[int],
+        width: int = 512,
+        n_blocks: int = 4,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.time_embedding = TimeEmbedding(width)
+        self.condition_embedding = ConditionEmbedding(n_categories, width)
+        self.cond_act = nn.SiLU()
+        self.input = nn.Linear(n_latent, width)
+        self.blocks = nn.ModuleList(AdaLNBlock(width, width, dropout) for _ in range(n_blocks))
+        self.out_norm = nn.LayerNorm(width)
+        self.output = nn.Linear(width, n_latent)
+        nn.init.zeros_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        c = self.cond_act(self.time_embedding(t) + self.condition_embedding(cond))
+        h = self.input(x)
+        for block in self.blocks:
+            h = block(h, c)
+        return self.output(self.out_norm(h))

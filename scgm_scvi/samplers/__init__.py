@@ -1,0 +1,22 @@
+"""Reverse-process samplers and guidance, shared by generation and editing."""
+
+from ._guidance import classifier_free_guidance, gene_guidance
+from ._samplers import (
+    EVALS_PER_STEP,
+    SAMPLERS,
+    sample_euler_maruyama,
+    sample_ode_euler,
+    sample_ode_heun,
+    sample_predictor_corrector,
+)
+
+__all__ = [
+    "EVALS_PER_STEP",
+    "SAMPLERS",
+    "classifier_free_guidance",
+    "gene_guidance",
+    "sample_euler_maruyama",
+    "sample_ode_euler",
+    "sample_ode_heun",
+    "sample_predictor_corrector",
+]

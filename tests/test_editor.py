@@ -1,0 +1,266 @@
+"""SCGEditor: API, reproducibility, small-strength limit, ODE inversion, gene guidance, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import scvi
+import torch
+
+from scgm_scvi.editing import SCGEditor
+from scgm_scvi.model import SCGM
+from scgm_scvi.samplers import gene_guidance
+from scgm_scvi.sde import VPSDE
+
+
+def _synthetic(seed: int = 0):
+    adata = scvi.data.synthetic_iid(batch_size=150, n_genes=100, n_batches=2, n_labels=3)
+    rng = np.random.default_rng(seed)
+    adata.obs["condition"] = pd.Categorical(rng.choice(["ctrl", "stim"], size=adata.n_obs))
+    adata.var_names = [f"g{i}" for i in range(adata.n_vars)]
+    # a condition effect the model can learn: stim raises the first ten genes
+    X = adata.X.copy()
+    stim = (adata.obs["condition"] == "stim").to_numpy()
+    X[np.ix_(stim, np.arange(10))] = X[np.ix_(stim, np.arange(10))] * 3 + 2
+    adata.X = sp.csr_matrix(X.astype(np.float32))
+    return adata
+
+
+@pytest.fixture(scope="module")
+def trained():
+    scvi.settings.seed = 0
+    adata = _synthetic()
+    SCGM.setup_anndata(
+        adata, labels_key="labels", batch_key="batch", categorical_covariate_keys=["condition"]
+    )
+    model = SCGM(adata, n_latent=8, n_hidden=32, score_width=32, score_blocks=2)
+    model.train(
+        max_epochs=5,
+        diffusion_max_epochs=30,
+        enable_progress_bar=False,
+        early_stopping=False,
+    )
+    return model, adata
+
+
+@pytest.fixture
+def editor(trained):
+    return SCGEditor(trained[0])
+
+
+@pytest.fixture
+def source(trained):
+    """Fresh, unregistered control cells (new data for the model)."""
+    adata = _synthetic(seed=1)
+    return adata[adata.obs["condition"] == "ctrl"][:40].copy()
+
+
+def _snapshot(adata):
+    return {
+        "X": adata.X.copy(),
+        "obs": adata.obs.copy(),
+        "var": adata.var.copy(),
+        "obsm": {k: np.array(v, copy=True) for k, v in adata.obsm.items()},
+        "uns": set(adata.uns.keys()),
+    }
+
+
+def _assert_unchanged(adata, snap):
+    assert (adata.X != snap["X"]).nnz == 0
+    pd.testing.assert_frame_equal(adata.obs, snap["obs"])
+    pd.testing.assert_frame_equal(adata.var, snap["var"])
+    assert set(adata.obsm.keys()) == set(snap["obsm"])
+    assert set(adata.uns.keys()) == snap["uns"]
+
+
+def test_output_structure(editor, source):
+    out = editor.edit(source, {"condition": "stim"}, strength=0.4, n_steps=20, seed=0)
+    assert out.shape == source.shape
+    assert sp.isspmatrix_csr(out.X)
+    assert np.all(out.X.data == np.round(out.X.data)) and out.X.data.min() >= 0
+    assert list(out.var_names) == list(source.var_names)
+    assert (out.obs["condition"] == "stim").all()
+    assert (out.obs["source_condition"] == "ctrl").all()
+    # covariates the target does not change are kept
+    assert (out.obs["labels"].astype(str) == source.obs["labels"].astype(str).to_numpy()).all()
+    assert (out.obs["source_cell"] == source.obs_names).all()
+    np.testing.assert_allclose(
+        out.obs["library_size"], np.asarray(source.X.sum(1)).ravel(), rtol=1e-4
+    )
+    assert out.obsm["X_scgm_source"].shape == (source.n_obs, 8)
+    assert out.obsm["X_scgm_edited"].shape == (source.n_obs, 8)
+    params = out.uns["scgm_edit"]
+    assert params["method"] == "sdedit" and params["target"] == {"condition": "stim"}
+    assert params["n_steps"] == 20 and params["network_evaluations_per_cell"] == 20
+
+
+def test_n_samples_and_label_target(editor, source):
+    out = editor.edit(source[:10], "label_1", strength=0.3, n_steps=10, n_samples=3)
+    assert out.n_obs == 30 and out.obs_names.is_unique
+    assert (out.obs["labels"] == "label_1").all()
+    assert "source_labels" in out.obs
+    assert (out.obs["edit_sample"].to_numpy() == np.tile([0, 1, 2], 10)).all()
+    z = out.obsm["X_scgm_edited"].reshape(10, 3, -1)
+    assert not np.allclose(z[:, 0], z[:, 1])  # samples differ
+
+
+def test_seed_reproducibility(editor, source):
+    kw = {"strength": 0.5, "n_steps": 20}
+    a = editor.edit(source, {"condition": "stim"}, seed=3, **kw)
+    b = editor.edit(source, {"condition": "stim"}, seed=3, **kw)
+    c = editor.edit(source, {"condition": "stim"}, seed=4, **kw)
+    np.testing.assert_array_equal(a.obsm["X_scgm_edited"], b.obsm["X_scgm_edited"])
+    assert (a.X != b.X).nnz == 0
+    assert np.abs(a.obsm["X_scgm_edited"] - c.obsm["X_scgm_edited"]).mean() > 1e-3
+
+
+def _std_dist(model, a, b):
+    """Mean absolute difference in the standardised latent space the SDE works in."""
+    return float(np.abs((a - b) / model.module.latent_std.cpu().numpy()).mean())
+
+
+def test_tiny_strength_returns_source(trained, editor, source):
+    model = trained[0]
+    out = editor.edit(source, {"condition": "stim"}, strength=1e-3)
+    z_src, z_edit = out.obsm["X_scgm_source"], out.obsm["X_scgm_edited"]
+    # noise at t = eps has std sigma(eps) ~ 0.01 in standardised units: E|diff| ~ 0.008
+    assert _std_dist(model, z_edit, z_src) < 0.03
+    far = editor.edit(source, {"condition": "stim"}, strength=0.9, n_steps=30)
+    assert _std_dist(model, far.obsm["X_scgm_edited"], z_src) > 0.3
+
+
+def test_ode_deterministic_and_invertible(editor, source):
+    kw = {"strength": 0.6, "method": "ode", "n_steps": 20}
+    a = editor.edit(source, {"condition": "stim"}, seed=0, **kw)
+    b = editor.edit(source, {"condition": "stim"}, seed=7, **kw)
+    np.testing.assert_allclose(a.obsm["X_scgm_edited"], b.obsm["X_scgm_edited"], atol=1e-5)
+    # invert under the source condition, integrate back under the same condition: the source
+    back = editor.edit(source, {"condition": "ctrl"}, **kw)
+    z_src = back.obsm["X_scgm_source"]
+    err = _std_dist(editor.model, back.obsm["X_scgm_edited"], z_src)
+    moved = _std_dist(editor.model, a.obsm["X_scgm_edited"], z_src)
+    assert err < 0.05
+    assert err < 0.2 * moved
+    with pytest.raises(ValueError, match="ODE sampler"):
+        editor.edit(source, {"condition": "stim"}, method="ode", sampler="euler_maruyama")
+
+
+def test_gene_guidance_direction(trained, editor, source):
+    model = trained[0]
+    kw = {"strength": 0.5, "method": "ode", "n_steps": 10, "gene_guidance_scale": 5.0}
+    source = source[:20]
+    base = editor.edit(source, {"condition": "ctrl"}, **kw)
+    up = editor.edit(source, {"condition": "ctrl"}, genes={"g50": "up"}, **kw)
+    down = editor.edit(source, {"condition": "ctrl"}, genes={"g50": 0}, **kw)
+
+    def mean_expr(out):
+        return model.decode_latent(out.obsm["X_scgm_edited"], transform="normalized")[:, 50]
+
+    assert mean_expr(up).mean() > 1.05 * mean_expr(base).mean()
+    assert mean_expr(down).mean() < 0.95 * mean_expr(base).mean()
+    assert up.uns["scgm_edit"]["genes"] == {"g50": "up"}
+
+
+def test_gene_guidance_wrapper_needs_no_outer_grad():
+    sde = VPSDE()
+    w = torch.randn(4, 3)
+
+    def eps_fn(x, t):
+        return 0.1 * x
+
+    guided = gene_guidance(
+        eps_fn, sde, lambda x0: torch.exp(x0 @ w), torch.zeros(3), torch.ones(3), scale=1.0
+    )
+    with torch.no_grad():
+        x = torch.randn(5, 4)
+        out = guided(x, torch.tensor(0.5))
+    assert out.shape == x.shape and not out.requires_grad
+    assert not torch.allclose(out, eps_fn(x, None))
+
+
+def test_latent_shift_baseline(editor, source, trained):
+    out = editor.edit(source, {"condition": "stim"}, method="latent_shift", n_samples=2)
+    assert out.shape == (2 * source.n_obs, source.n_vars)
+    assert out.uns["scgm_edit"]["network_evaluations_per_cell"] == 0
+    shift = out.obsm["X_scgm_edited"] - out.obsm["X_scgm_source"]
+    np.testing.assert_allclose(shift, np.broadcast_to(shift[0], shift.shape), atol=1e-5)
+    ref = editor.edit(
+        source, {"condition": "stim"}, method="latent_shift", reference=trained[1][:200]
+    )
+    assert ref.shape == source.shape
+
+
+def test_errors(editor, source):
+    with pytest.raises(ValueError, match=r"Unknown target key 'donor'.*condition"):
+        editor.edit(source, {"donor": "x"})
+    with pytest.raises(ValueError, match=r"Valid values: \['ctrl', 'stim'\]"):
+        editor.edit(source, {"condition": "IFN"})
+    with pytest.raises(ValueError, match="Valid values"):
+        editor.edit(source, "T cell")
+    with pytest.raises(ValueError, match="strength"):
+        editor.edit(source, {"condition": "stim"}, strength=0.0)
+    with pytest.raises(ValueError, match="method"):
+        editor.edit(source, {"condition": "stim"}, method="scgen")
+    with pytest.raises(ValueError, match="not among the model"):
+        editor.edit(source, {"condition": "stim"}, genes={"NOPE": "up"})
+    with pytest.raises(ValueError, match="'up', 'down'"):
+        editor.edit(source, {"condition": "stim"}, genes={"g1": "sideways"})
+    with pytest.raises(ValueError, match="reverse process"):
+        editor.edit(source, {"condition": "stim"}, method="latent_shift", genes={"g1": 0})
+    bad = source.copy()
+    bad.obs["condition"] = pd.Categorical(["other"] * bad.n_obs)
+    with pytest.raises(ValueError, match="not trained on"):
+        editor.edit(bad, {"condition": "stim"})
+
+
+def test_gene_alignment(editor, source):
+    with pytest.raises(ValueError, match=r"lacks 5 of the model's 100 genes"):
+        editor.edit(source[:, 5:].copy(), {"condition": "stim"})
+    extra = sp.csr_matrix(np.ones((source.n_obs, 3), dtype=np.float32))
+    wide = source.copy()
+    wide = type(source)(
+        X=sp.hstack([extra, wide.X], format="csr"),
+        obs=wide.obs,
+        var=pd.DataFrame(index=["x1", "x2", "x3", *wide.var_names]),
+    )
+    shuffled = wide[:, np.random.default_rng(0).permutation(wide.n_vars)].copy()
+    with pytest.warns(UserWarning, match="3 genes the model was not trained on"):
+        out = editor.edit(shuffled, {"condition": "stim"}, strength=0.3, n_steps=5)
+    ref = editor.edit(source, {"condition": "stim"}, strength=0.3, n_steps=5)
+    assert list(out.var_names) == list(source.var_names)
+    np.testing.assert_allclose(out.obsm["X_scgm_edited"], ref.obsm["X_scgm_edited"], atol=1e-5)
+
+
+def test_input_not_modified(editor, source, trained):
+    snap = _snapshot(source)
+    editor.edit(source, {"condition": "stim"}, strength=0.3, n_steps=5, genes={"g3": "up"})
+    editor.edit(source, {"condition": "stim"}, method="latent_shift")
+    _assert_unchanged(source, snap)
+    # the registered training data is not modified either
+    train = trained[1]
+    snap_train = _snapshot(train)
+    editor.edit(train[:30], {"condition": "stim"}, strength=0.3, n_steps=5)
+    _assert_unchanged(train, snap_train)
+
+
+def test_store_latent_opt_in(editor, source):
+    before = set(source.obsm.keys())
+    out = editor.edit(source, {"condition": "stim"}, strength=0.3, n_steps=5)
+    assert "X_scgm_edited" not in source.obsm
+    out = editor.edit(source, {"condition": "stim"}, strength=0.3, n_steps=5, store_latent=True)
+    np.testing.assert_allclose(source.obsm["X_scgm_edited"], out.obsm["X_scgm_edited"])
+    assert set(source.obsm.keys()) - before == {"X_scgm_edited"}
+
+
+def test_model_loaded_without_adata(trained, source, tmp_path):
+    trained[0].save(str(tmp_path / "m"), save_anndata=False)
+    model = SCGM.load(str(tmp_path / "m"))
+    editor = SCGEditor(model)
+    out = editor.edit(source, {"condition": "stim"}, strength=0.3, n_steps=5)
+    assert out.shape == source.shape and model.adata is None
+    with pytest.raises(ValueError, match="reference="):
+        editor.edit(source, {"condition": "stim"}, method="latent_shift")
+    out = editor.edit(source, {"condition": "stim"}, method="latent_shift", reference=trained[1])
+    assert out.shape == source.shape

@@ -1,0 +1,595 @@
+"""Behaviour of the public API of :class:`scgm_scvi.SCGM` on a tiny synthetic dataset."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from conftest import (
+    DIFFUSION_EPOCHS,
+    FIT,
+    TINY,
+    VAE_EPOCHS,
+    assert_unchanged,
+    make_adata,
+    make_model,
+    snapshot,
+)
+
+import scgm_scvi
+from scgm_scvi.samplers import SAMPLERS
+
+LABELS = ["label_0", "label_1", "label_2"]
+BATCHES = ["batch_0", "batch_1"]
+
+
+def assert_counts_csr(X, n_obs: int, n_vars: int = 100) -> None:
+    """CSR matrix of non-negative integer values with the expected shape."""
+    assert sp.isspmatrix_csr(X) or isinstance(X, sp.csr_array)
+    assert X.shape == (n_obs, n_vars)
+    assert np.all(np.isfinite(X.data))
+    assert X.data.min(initial=0) >= 0
+    np.testing.assert_array_equal(X.data, np.round(X.data))
+    assert X.sum() > 0  # a decoder that only emits zeros is broken
+
+
+def assert_generated(g, model, n: int) -> None:
+    """Everything :meth:`SCGM.generate` promises about its output."""
+    assert_counts_csr(g.X, n)
+    assert list(g.obs.columns) == ["labels", "batch", "library_size"]
+    assert list(g.obs["labels"].cat.categories) == LABELS
+    assert list(g.obs["batch"].cat.categories) == BATCHES
+    assert np.all(g.obs["library_size"] > 0)
+    assert g.obs_names.is_unique
+    assert g.obsm["X_scgm"].shape == (n, TINY["n_latent"])
+    assert np.all(np.isfinite(g.obsm["X_scgm"]))
+    assert list(g.var_names) == list(model.var_names_) == list(model.adata.var_names)
+    assert set(g.uns["scgm"]) == {
+        "sampler",
+        "n_steps",
+        "guidance_scale",
+        "seed",
+        "network_evaluations_per_cell",
+    }
+
+
+# ---------------------------------------------------------------------------------- setup_anndata
+class TestSetupAnndata:
+    def test_missing_obs_key(self):
+        adata = make_adata()
+        with pytest.raises(ValueError, match=r"not_a_column.*Available columns.*labels"):
+            scgm_scvi.SCGM.setup_anndata(adata, labels_key="not_a_column")
+        with pytest.raises(ValueError, match="nope"):
+            scgm_scvi.SCGM.setup_anndata(adata, categorical_covariate_keys=["nope"])
+
+    def test_missing_layer(self):
+        adata = make_adata()
+        with pytest.raises(ValueError, match=r"Layer 'counts' not found"):
+            scgm_scvi.SCGM.setup_anndata(adata, layer="counts")
+
+    @pytest.mark.parametrize("sparse", [False, True])
+    def test_negative_values(self, sparse):
+        adata = make_adata()
+        X = adata.X.astype(np.float32)
+        X[3, 5] = -1.0
+        adata.X = sp.csr_matrix(X) if sparse else X
+        with pytest.raises(ValueError, match="negative"):
+            scgm_scvi.SCGM.setup_anndata(adata, labels_key="labels")
+
+    @pytest.mark.parametrize("bad", [np.nan, np.inf])
+    def test_nan_or_inf(self, bad):
+        adata = make_adata()
+        X = adata.X.astype(np.float32)
+        X[0, 0] = bad
+        adata.X = X
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            scgm_scvi.SCGM.setup_anndata(adata, labels_key="labels")
+
+    def test_non_integer_warns(self):
+        adata = make_adata()
+        adata.X = adata.X.astype(np.float32) + 0.5
+        with pytest.warns(UserWarning, match="non-integer"):
+            scgm_scvi.SCGM.setup_anndata(adata, labels_key="labels")
+
+    def test_layer_is_checked_instead_of_X(self):
+        adata = make_adata()
+        adata.layers["counts"] = adata.X.copy()
+        adata.X = np.log1p(adata.X.astype(np.float32)) - 1.0  # negative, non-integer
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # the layer is clean: no warning
+            scgm_scvi.SCGM.setup_anndata(adata, layer="counts", labels_key="labels")
+        bad = adata.layers["counts"].astype(np.float32)
+        bad[1, 1] = -3
+        adata.layers["counts"] = bad
+        with pytest.raises(ValueError, match="negative"):
+            scgm_scvi.SCGM.setup_anndata(adata, layer="counts", labels_key="labels")
+
+    def test_adata_only_gains_scvi_registration(self):
+        adata = make_adata()
+        before = snapshot(adata)
+        scgm_scvi.SCGM.setup_anndata(adata, labels_key="labels", batch_key="batch")
+        after = snapshot(adata)
+        np.testing.assert_array_equal(after["X"], before["X"])
+        pd.testing.assert_frame_equal(after["var"], before["var"])
+        assert after["obsm"].keys() == before["obsm"].keys()
+        for k in before["obsm"]:
+            np.testing.assert_array_equal(after["obsm"][k], before["obsm"][k])
+        pd.testing.assert_frame_equal(after["obs"][before["obs"].columns], before["obs"])
+        new_obs = set(after["obs"].columns) - set(before["obs"].columns)
+        assert new_obs and all(c.startswith("_scvi") for c in new_obs)
+        new_uns = set(after["uns"]) - set(before["uns"])
+        assert all(k.startswith("_scvi") for k in new_uns)
+
+
+# ---------------------------------------------------------------------------------- __init__
+def test_init_untrained_state():
+    model = make_model()
+    assert model.module.n_latent == TINY["n_latent"]
+    assert not model.vae_trained_ and not model.diffusion_trained_
+    assert model.diffusion_history_ == {}
+    assert list(model.var_names_) == list(model.adata.var_names)
+    cols = model.conditions_["columns"]
+    assert [c["name"] for c in cols] == ["labels", "batch"]
+    assert cols[0]["key"] == "labels" and cols[0]["categories"] == LABELS
+    assert cols[1]["key"] == "batch" and cols[1]["categories"] == BATCHES
+    # one condition column per registered categorical, plus the "unknown" code of each
+    assert model.module.condition_sizes == [3, 2]
+    assert model._model_summary_string.startswith("SCGM: n_latent 8")
+    with pytest.raises(RuntimeError, match="not trained"):
+        model.generate(n=5)
+
+
+def test_init_with_categorical_covariate():
+    adata = make_adata()
+    adata.obs["donor"] = np.where(np.arange(adata.n_obs) % 3 == 0, "d0", "d1")
+    scgm_scvi.SCGM.setup_anndata(
+        adata, labels_key="labels", batch_key="batch", categorical_covariate_keys=["donor"]
+    )
+    model = scgm_scvi.SCGM(adata, **TINY)
+    assert [c["key"] for c in model.conditions_["columns"]] == ["labels", "batch", "donor"]
+    assert model.module.condition_sizes == [3, 2, 2]
+
+
+# ---------------------------------------------------------------------------------- training
+def test_train_diffusion_before_vae_raises():
+    model = make_model()
+    with pytest.raises(RuntimeError, match="Train the VAE first"):
+        model.train_diffusion(max_epochs=1, **FIT)
+
+
+@pytest.mark.parametrize("stage", ["vae", "diffusion"])
+def test_set_stage(stage):
+    module = make_model().module
+    module.eval()
+    module.set_stage(stage)
+    assert module.training
+    assert all(p.requires_grad == (stage == "vae") for p in module.vae_parameters())
+    assert all(p.requires_grad == (stage == "diffusion") for p in module.score_net.parameters())
+    n_vae = sum(1 for _ in module.vae_parameters())
+    assert n_vae + len(list(module.score_net.parameters())) == len(list(module.parameters()))
+
+
+def test_train_sets_flags_and_mode(trained):
+    model, _ = trained
+    assert model.is_trained and model.vae_trained_ and model.diffusion_trained_
+    assert not model.module.training
+    assert all(p.requires_grad for p in model.module.vae_parameters())
+    # latent statistics were fitted from the encoded cells
+    assert not torch.allclose(model.module.latent_mean, torch.zeros(TINY["n_latent"]))
+    assert torch.all(model.module.latent_std > 0)
+    assert model.condition_table_ is not None and len(model.condition_table_) == 200
+
+
+@pytest.mark.xfail(
+    reason="BUG (minor): train_diffusion ends with module.set_stage('vae'), commented 'every "
+    "parameter trainable again, as after load()', but set_stage('vae') freezes the score net.",
+    strict=False,
+)
+def test_all_parameters_trainable_after_train(trained):
+    model, _ = trained
+    assert all(p.requires_grad for p in model.module.parameters())
+
+
+def test_diffusion_history(trained):
+    model, _ = trained
+    hist = model.diffusion_history_
+    assert "train_loss" in hist and "reconstruction_loss_validation" in hist
+    assert len(hist["train_loss"]) == DIFFUSION_EPOCHS
+    # the denoising loss of unit-variance noise starts near 1, the VAE's ELBO is in the hundreds
+    assert float(hist["train_loss"].to_numpy().max()) < 5.0
+
+
+@pytest.mark.xfail(
+    reason="BUG: SCGM.train_diffusion keeps a reference to history_ (vae_history = "
+    "self.history_) which scvi's TrainRunner extends in place, so history_ also holds the "
+    "diffusion epochs.",
+    strict=False,
+)
+def test_vae_history_not_polluted_by_diffusion(trained):
+    model, _ = trained
+    assert len(model.history["train_loss"]) == VAE_EPOCHS
+    assert float(model.history["train_loss"].to_numpy().min()) > 5.0  # ELBO scale, not ~1
+
+
+@pytest.fixture(scope="module")
+def staged():
+    """Parameters snapshotted around each stage of a second tiny model."""
+
+    def vae_params(model):
+        return {
+            n: p.detach().clone()
+            for n, p in model.module.named_parameters()
+            if not n.startswith("score_net.")
+        }
+
+    def score_params(model):
+        return {n: p.detach().clone() for n, p in model.module.score_net.named_parameters()}
+
+    model = make_model()
+    out = {"model": model, "score_init": score_params(model)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train_vae(max_epochs=3, **FIT)
+        out["score_after_vae"] = score_params(model)
+        out["vae_before_diffusion"] = vae_params(model)
+        model.train_diffusion(max_epochs=3, **FIT)
+        out["vae_after_diffusion"] = vae_params(model)
+        out["score_after_diffusion"] = score_params(model)
+        out["latent_mean"] = model.module.latent_mean.clone()
+        model.train_vae(max_epochs=2, **FIT)  # continued VAE training
+    out["vae_after_more_vae"] = vae_params(model)
+    out["score_after_more_vae"] = score_params(model)
+    return out
+
+
+def _max_change(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_train_vae_does_not_touch_score_net(staged):
+    assert _max_change(staged["score_init"], staged["score_after_vae"]) == 0.0
+    assert _max_change(staged["score_after_diffusion"], staged["score_after_more_vae"]) == 0.0
+    assert _max_change(staged["vae_after_diffusion"], staged["vae_after_more_vae"]) > 0.0
+    assert torch.equal(staged["latent_mean"], staged["model"].module.latent_mean)
+
+
+def test_train_diffusion_freezes_vae(staged):
+    assert _max_change(staged["vae_before_diffusion"], staged["vae_after_diffusion"]) == 0.0
+    assert _max_change(staged["score_after_vae"], staged["score_after_diffusion"]) > 0.0
+
+
+def test_train_vae_invalidates_diffusion(staged):
+    model = staged["model"]
+    assert model.vae_trained_ and not model.diffusion_trained_
+    with pytest.raises(RuntimeError, match="not trained"):
+        model.generate(n=3)
+
+
+# ---------------------------------------------------------------------------------- generate
+def test_generate_cell_type_str(trained):
+    model, _ = trained
+    g = model.generate(n=30, cell_type="label_1", seed=0)
+    assert_generated(g, model, 30)
+    assert (g.obs["labels"] == "label_1").all()
+    assert g.uns["scgm"]["sampler"] == "ode"
+    assert g.uns["scgm"]["n_steps"] == 25
+    assert g.uns["scgm"]["network_evaluations_per_cell"] == 50
+    assert g.uns["scgm"]["seed"] == 0
+
+
+def test_generate_cell_type_list(trained):
+    model, _ = trained
+    g = model.generate(n=7, cell_type=["label_0", "label_2"], seed=0)
+    assert_generated(g, model, 7)
+    assert g.obs["labels"].value_counts().to_dict() == {"label_0": 4, "label_2": 3, "label_1": 0}
+
+
+def test_generate_cell_type_dict(trained):
+    model, _ = trained
+    g = model.generate(n=None, cell_type={"label_2": 5, "label_0": 3}, seed=0)
+    assert_generated(g, model, 8)
+    assert g.obs["labels"].value_counts().to_dict() == {"label_2": 5, "label_0": 3, "label_1": 0}
+    same = model.generate(n=8, cell_type={"label_2": 5, "label_0": 3}, seed=0)
+    assert (g.X != same.X).nnz == 0
+
+
+def test_generate_cell_type_none(trained):
+    model, _ = trained
+    g = model.generate(n=120, seed=0)
+    assert_generated(g, model, 120)
+    # types drawn in training proportions (about a third each): all three occur
+    assert set(g.obs["labels"]) == set(LABELS)
+
+
+def test_generate_covariates(trained):
+    model, _ = trained
+    g = model.generate(n=12, cell_type="label_0", covariates={"batch": "batch_1"}, seed=0)
+    assert_generated(g, model, 12)
+    assert (g.obs["batch"] == "batch_1").all()
+    per_cell = ["batch_0", "batch_1"] * 6
+    g = model.generate(n=12, cell_type="label_0", covariates={"batch": per_cell}, seed=0)
+    assert list(g.obs["batch"]) == per_cell
+
+
+def test_generate_library_size(trained):
+    model, _ = trained
+    sums = {}
+    for lib in (300.0, 3000.0):
+        g = model.generate(n=200, cell_type="label_0", library_size=lib, seed=0)
+        assert np.allclose(g.obs["library_size"], lib)
+        sums[lib] = float(g.X.sum(axis=1).mean())
+    # NB means scale with the library: the mean total count matches it within 10 %
+    for lib, mean_total in sums.items():
+        assert abs(mean_total / lib - 1) < 0.1, sums
+    libs = np.linspace(100, 1000, 10)
+    g = model.generate(n=10, cell_type="label_0", library_size=libs, seed=0)
+    np.testing.assert_allclose(g.obs["library_size"], libs)
+    with pytest.raises(ValueError, match="positive"):
+        model.generate(n=5, library_size=-1.0)
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_generate_each_sampler(trained, sampler):
+    model, _ = trained
+    g = model.generate(n=16, cell_type="label_2", sampler=sampler, n_steps=8, seed=1)
+    assert_generated(g, model, 16)
+    evals = {"ode": 2, "ode_euler": 1, "euler_maruyama": 1, "pc": 2}[sampler]
+    assert g.uns["scgm"] == {
+        "sampler": sampler,
+        "n_steps": 8,
+        "guidance_scale": 1.0,
+        "seed": 1,
+        "network_evaluations_per_cell": 8 * evals,
+    }
+
+
+def test_generate_guidance(trained):
+    model, _ = trained
+    plain = model.generate(n=10, cell_type="label_0", n_steps=5, seed=0)
+    guided = model.generate(n=10, cell_type="label_0", n_steps=5, guidance_scale=2.0, seed=0)
+    assert_generated(guided, model, 10)
+    assert guided.uns["scgm"]["network_evaluations_per_cell"] == 20  # cond + uncond
+    assert not np.allclose(plain.obsm["X_scgm"], guided.obsm["X_scgm"])
+    # same noise, same conditions: only the guidance changes the latents
+    pd.testing.assert_frame_equal(plain.obs, guided.obs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n": 5, "cell_type": "T cell"}, r"Unknown cell_type \['T cell'\].*label_0"),
+        ({"n": 5, "cell_type": ["label_0", "nope"]}, r"Unknown cell_type.*label_2"),
+        ({"n": 5, "covariates": {"donor": "x"}}, r"Unknown covariate 'donor'.*batch"),
+        ({"n": 5, "covariates": {"labels": "label_0"}}, r"cell_type="),
+        ({"n": 5, "covariates": {"batch": "batch_9"}}, r"Unknown batch.*batch_0.*batch_1"),
+        ({"n": 0}, "positive"),
+        ({"n": -3, "cell_type": "label_0"}, "positive"),
+        ({"n": None}, "positive"),
+        ({"n": 4, "cell_type": {"label_0": 2, "label_1": 3}}, "does not match"),
+        ({"n": None, "cell_type": {"label_0": 0}}, "positive sum"),
+        ({"n": 4, "cell_type": []}, "empty"),
+        ({"n": 4, "sampler": "ddpm"}, "sampler must be one of"),
+    ],
+)
+def test_generate_bad_input(trained, kwargs, match):
+    model, _ = trained
+    with pytest.raises(ValueError, match=match):
+        model.generate(**kwargs)
+
+
+def test_generate_seed(trained):
+    model, _ = trained
+    a = model.generate(n=40, seed=7)
+    b = model.generate(n=40, seed=7)
+    c = model.generate(n=40, seed=8)
+    assert (a.X != b.X).nnz == 0
+    np.testing.assert_array_equal(a.obsm["X_scgm"], b.obsm["X_scgm"])
+    pd.testing.assert_frame_equal(a.obs, b.obs)
+    assert (a.X != c.X).nnz > 0
+    assert not np.allclose(a.obsm["X_scgm"], c.obsm["X_scgm"])
+
+
+def test_generate_keeps_global_rng(trained):
+    model, _ = trained
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    model.generate(n=5, seed=3)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_generate_leaves_training_adata_unchanged(trained):
+    model, adata = trained
+    before = snapshot(adata)
+    model.generate(n=20, seed=0)
+    model.generate(n=10, cell_type="label_0", covariates={"batch": "batch_0"}, sampler="pc")
+    model.decode_latent(np.zeros((3, TINY["n_latent"])), transform="normalized")
+    assert_unchanged(before, adata)
+
+
+def test_generate_chunking(trained):
+    model, _ = trained
+    one = model.generate(n=50, seed=4)
+    many = model.generate(n=50, seed=4, batch_size=7)
+    assert_generated(many, model, 50)
+    # conditions, covariates and library sizes come from the numpy seed: chunking keeps them
+    pd.testing.assert_frame_equal(one.obs, many.obs)
+    # the prior noise is drawn chunk by chunk, so latents may differ, but each cell's ODE
+    # trajectory depends only on its own start point: solving in chunks changes nothing
+    module, sde = model.module, model.module.sde
+    cond = torch.tensor([[0, 0], [1, 1], [2, 0], [0, 1]] * 5)
+    x = torch.randn(20, TINY["n_latent"])
+    ts = sde.time_grid(10, spacing="karras")
+
+    def ode(rows):
+        return SAMPLERS["ode"](
+            lambda xx, t: module.eps(xx, t.expand(len(xx)), cond[rows]), sde, x[rows], ts
+        )
+
+    with torch.inference_mode():
+        whole = ode(slice(0, 20))
+        parts = torch.cat([ode(slice(0, 7)), ode(slice(7, 20))])
+    torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- sample_latent
+def test_sample_latent(trained):
+    model, _ = trained
+    cond = np.array([[0, 0], [1, 1], [2, 0]] * 4)
+    z, nfe = model.sample_latent(cond, seed=0)
+    assert isinstance(z, torch.Tensor) and z.shape == (12, TINY["n_latent"])
+    assert torch.isfinite(z).all()
+    assert nfe == 50
+    _, nfe = model.sample_latent(cond, sampler="pc", n_steps=6, seed=0)
+    assert nfe == 12
+    _, nfe = model.sample_latent(cond, sampler="euler_maruyama", n_steps=6, seed=0)
+    assert nfe == 6
+    _, nfe = model.sample_latent(cond, sampler="ode_euler", n_steps=6, guidance_scale=1.5)
+    assert nfe == 12
+    z2, _ = model.sample_latent(cond, seed=0)
+    torch.testing.assert_close(z, z2, rtol=0, atol=0)
+    # latents are returned in the VAE's scale: un-standardised with the fitted statistics
+    mean, std = model.module.latent_mean.clone(), model.module.latent_std.clone()
+    try:
+        model.module.latent_mean.add_(100.0)
+        model.module.latent_std.mul_(2.0)
+        shifted, _ = model.sample_latent(cond, seed=0)
+    finally:
+        model.module.latent_mean.copy_(mean)
+        model.module.latent_std.copy_(std)
+    torch.testing.assert_close(shifted, (z - mean) * 2.0 + mean + 100.0, rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        model.sample_latent(cond, sampler="heun")
+    with pytest.raises(ValueError, match="n_steps"):
+        model.sample_latent(cond, n_steps=-2)
+
+
+@pytest.mark.xfail(
+    reason="BUG: sample_latent uses `n_steps or DEFAULT_STEPS[sampler]`, so n_steps=0 silently "
+    "becomes the default instead of raising.",
+    strict=False,
+)
+def test_sample_latent_zero_steps_raises(trained):
+    model, _ = trained
+    with pytest.raises(ValueError, match="n_steps"):
+        model.sample_latent(np.zeros((2, 2), dtype=int), n_steps=0)
+
+
+# ---------------------------------------------------------------------------------- decode_latent
+def test_decode_latent(trained):
+    model, _ = trained
+    z = model.generate(n=200, cell_type="label_1", seed=0).obsm["X_scgm"]
+    counts = model.decode_latent(z, cell_type="label_1", library_size=1000.0, seed=0)
+    assert_counts_csr(counts, 200)
+    assert abs(float(counts.sum(axis=1).mean()) / 1000.0 - 1) < 0.1
+    again = model.decode_latent(torch.as_tensor(z), cell_type="label_1", library_size=1000.0)
+    assert (counts != again).nnz == 0  # numpy or torch input, same seed: same draws
+    other = model.decode_latent(z, library_size=1000.0, seed=1)
+    assert (counts != other).nnz > 0
+
+    norm = model.decode_latent(z, transform="normalized", batch=["batch_1"] * 200)
+    assert isinstance(norm, np.ndarray) and norm.shape == (200, 100)
+    assert norm.min() >= 0
+    np.testing.assert_allclose(norm.sum(axis=1), 1.0, rtol=1e-5)
+    # normalised expression does not depend on the library size or on the chunking
+    norm_lib = model.decode_latent(
+        z, transform="normalized", batch=["batch_1"] * 200, library_size=50.0, batch_size=17
+    )
+    np.testing.assert_allclose(norm_lib, norm, rtol=1e-5, atol=1e-7)
+    # ... but does depend on the batch (the decoder is batch-conditional)
+    norm_b0 = model.decode_latent(z, transform="normalized", batch="batch_0")
+    assert not np.allclose(norm_b0, norm)
+
+
+def test_decode_latent_bad_input(trained):
+    model, _ = trained
+    z = np.zeros((3, TINY["n_latent"]), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"Unknown cell types.*label_0"):
+        model.decode_latent(z, cell_type=["label_0", "x", "label_1"])
+    with pytest.raises(ValueError, match=r"Unknown batches.*batch_0"):
+        model.decode_latent(z, batch="batch_7")
+    with pytest.raises(ValueError, match="transform"):
+        model.decode_latent(z, transform="log1p")
+
+
+# ---------------------------------------------------------------------------------- inherited
+def test_get_latent_representation(trained):
+    model, adata = trained
+    z = model.get_latent_representation()
+    assert z.shape == (adata.n_obs, TINY["n_latent"]) and np.all(np.isfinite(z))
+    np.testing.assert_allclose(model.get_latent_representation(), z)  # posterior mean
+    sub = model.get_latent_representation(indices=np.arange(10))
+    np.testing.assert_allclose(sub, z[:10], rtol=1e-5, atol=1e-5)
+
+
+def test_get_normalized_expression(trained):
+    model, adata = trained
+    expr = model.get_normalized_expression(library_size=1.0)
+    assert isinstance(expr, pd.DataFrame) and expr.shape == (adata.n_obs, 100)
+    assert list(expr.index) == list(adata.obs_names)
+    assert list(expr.columns) == list(adata.var_names)
+    np.testing.assert_allclose(expr.sum(axis=1), 1.0, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- save / load
+@pytest.fixture(scope="module")
+def saved(trained, tmp_path_factory):
+    model, _ = trained
+    paths = {}
+    for save_anndata in (False, True):
+        path = tmp_path_factory.mktemp(f"scgm_saved_{save_anndata}")
+        model.save(str(path), overwrite=True, save_anndata=save_anndata)
+        paths[save_anndata] = str(path)
+    reference = model.generate(n=30, seed=11)
+    return paths, reference
+
+
+def _assert_same_generation(a, b):
+    assert (a.X != b.X).nnz == 0
+    np.testing.assert_allclose(a.obsm["X_scgm"], b.obsm["X_scgm"], rtol=1e-5, atol=1e-5)
+    pd.testing.assert_frame_equal(a.obs, b.obs)
+    assert list(a.var_names) == list(b.var_names)
+
+
+def test_load_without_adata(trained, saved):
+    model, _ = trained
+    paths, reference = saved
+    loaded = scgm_scvi.SCGM.load(paths[False])
+    assert loaded.adata is None
+    _assert_same_generation(loaded.generate(n=30, seed=11), reference)
+    assert loaded.conditions_ == model.conditions_
+
+
+def test_load_saved_anndata(trained, saved):
+    model, adata = trained
+    paths, reference = saved
+    loaded = scgm_scvi.SCGM.load(paths[True])
+    assert loaded.adata is not None and loaded.adata.n_obs == adata.n_obs
+    assert not loaded.module.training
+    _assert_same_generation(loaded.generate(n=30, seed=11), reference)
+
+
+def test_load_with_adata(trained, saved):
+    model, adata = trained
+    paths, reference = saved
+    loaded = scgm_scvi.SCGM.load(paths[False], adata=make_adata())
+    assert loaded.vae_trained_ and loaded.diffusion_trained_
+    _assert_same_generation(loaded.generate(n=30, seed=11), reference)
+    np.testing.assert_allclose(
+        loaded.get_latent_representation(), model.get_latent_representation(), atol=1e-5
+    )
+    assert loaded.conditions_ == model.conditions_
+    assert list(loaded.var_names_) == list(model.var_names_)
+    assert loaded.diffusion_history_.keys() == model.diffusion_history_.keys()
+    for key, frame in model.diffusion_history_.items():
+        pd.testing.assert_frame_equal(loaded.diffusion_history_[key], frame)
+    pd.testing.assert_frame_equal(loaded.condition_table_, model.condition_table_)
+    # continuing to train the loaded model works (stage flags restored with the weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded.train_diffusion(max_epochs=1, **FIT)
+    assert loaded.diffusion_trained_
