@@ -184,11 +184,6 @@ def test_train_sets_flags_and_mode(trained):
     assert model.condition_table_ is not None and len(model.condition_table_) == 200
 
 
-@pytest.mark.xfail(
-    reason="BUG (minor): train_diffusion ends with module.set_stage('vae'), commented 'every "
-    "parameter trainable again, as after load()', but set_stage('vae') freezes the score net.",
-    strict=False,
-)
 def test_all_parameters_trainable_after_train(trained):
     model, _ = trained
     assert all(p.requires_grad for p in model.module.parameters())
@@ -203,12 +198,6 @@ def test_diffusion_history(trained):
     assert float(hist["train_loss"].to_numpy().max()) < 5.0
 
 
-@pytest.mark.xfail(
-    reason="BUG: SCGM.train_diffusion keeps a reference to history_ (vae_history = "
-    "self.history_) which scvi's TrainRunner extends in place, so history_ also holds the "
-    "diffusion epochs.",
-    strict=False,
-)
 def test_vae_history_not_polluted_by_diffusion(trained):
     model, _ = trained
     assert len(model.history["train_loss"]) == VAE_EPOCHS
@@ -468,11 +457,6 @@ def test_sample_latent(trained):
         model.sample_latent(cond, n_steps=-2)
 
 
-@pytest.mark.xfail(
-    reason="BUG: sample_latent uses `n_steps or DEFAULT_STEPS[sampler]`, so n_steps=0 silently "
-    "becomes the default instead of raising.",
-    strict=False,
-)
 def test_sample_latent_zero_steps_raises(trained):
     model, _ = trained
     with pytest.raises(ValueError, match="n_steps"):

@@ -128,16 +128,7 @@ def test_time_grid_bad_spacing():
         ("ode", 25),
         ("ode_euler", 500),
         ("euler_maruyama", 200),
-        pytest.param(
-            "pc",
-            100,
-            marks=pytest.mark.xfail(
-                reason="BUG: the PC corrector's per-cell step 2 (snr |z_i| / |score_i|)^2 is "
-                "heavy-tailed in low dimension (huge where |score_i| is small) and biases "
-                "Langevin dynamics: std 0.58 instead of 0.50 at d=8.",
-                strict=False,
-            ),
-        ),
+        ("pc", 100),
     ],
 )
 def test_sampler_recovers_gaussian(sampler, n_steps):

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Method = Literal["sdedit", "ode", "latent_shift"]
+Init = Literal["source", "latent_shift"]
+GuidanceReference = Literal["null", "source"]
 Sampler = Literal["ode", "ode_euler", "euler_maruyama", "pc"]
 # steps of the sampler over the full time range [eps, T]; an edit from t0 uses the same density
 FULL_RANGE_STEPS = {"ode": 25, "ode_euler": 50, "euler_maruyama": 500, "pc": 250}
@@ -102,6 +104,8 @@ class SCGEditor:
         seed: int | None = 0,
         reference: AnnData | None = None,
         store_latent: bool = False,
+        init: Init = "source",
+        guidance_reference: GuidanceReference = "null",
         step_callback: StepCallback | None = None,
         batch_size: int = 1024,
         progress_bar: bool | None = None,
@@ -175,15 +179,24 @@ class SCGEditor:
         """
         model, module = self.model, self.model.module
         method, sampler, n_steps, t0 = self._check_options(method, sampler, n_steps, strength)
+        if init not in ("source", "latent_shift"):
+            raise ValueError(f"init must be 'source' or 'latent_shift', got {init!r}.")
+        if guidance_reference not in ("null", "source"):
+            raise ValueError(
+                f"guidance_reference must be 'null' or 'source', got {guidance_reference!r}."
+            )
+        if method == "latent_shift":
+            init = "source"  # the shift is the edit itself
         if not isinstance(n_samples, int | np.integer) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
         target = self._resolve_target(target)
         gene_idx, gene_target, gene_dir = self._resolve_genes(genes)
         if gene_idx is not None and method == "latent_shift":
             raise ValueError("Gene-level guidance needs a reverse process: use 'sdedit' or 'ode'.")
-        if method == "latent_shift" and reference is None and model.adata is None:
+        needs_shift = method == "latent_shift" or init == "latent_shift"
+        if needs_shift and reference is None and model.adata is None:
             raise ValueError(
-                "method='latent_shift' needs reference cells for the latent means, but the model "
+                f"{'method' if method == 'latent_shift' else 'init'}='latent_shift' needs reference cells for the latent means, but the model "
                 "was loaded without its training AnnData. Pass reference=<AnnData set up like the "
                 "training data> or load the model with its AnnData."
             )
@@ -202,13 +215,17 @@ class SCGEditor:
         rep = np.repeat(np.arange(n), n_samples)
         rep_t = torch.as_tensor(rep, device=device)
         z_src = src["z"][rep_t]
-        if method == "latent_shift":
+        if needs_shift:
             delta = self._latent_shift(target, src["cond"], reference, batch_size)
-            z_edit = z_src + delta[rep_t]
+            z_start = z_src + delta[rep_t]
+        else:
+            z_start = z_src
+        if method == "latent_shift":
+            z_edit = z_start
             nfe = 0
         else:
             z_edit, nfe = self._sample(
-                x0=module.standardize(z_src),
+                x0=module.standardize(z_start),
                 cond_src=src["cond"][rep_t],
                 cond_tgt=cond_tgt[rep_t],
                 changed=changed,
@@ -223,6 +240,7 @@ class SCGEditor:
                 n_steps=n_steps,
                 t0=t0,
                 guidance_scale=guidance_scale,
+                guidance_reference=guidance_reference,
                 genes=(gene_idx, gene_target, gene_dir, gene_guidance_scale),
                 seed=seed,
                 step_callback=step_callback,
@@ -244,6 +262,8 @@ class SCGEditor:
             "sampler": sampler or "none",
             "n_steps": int(n_steps),
             "guidance_scale": float(guidance_scale),
+            "guidance_reference": guidance_reference,
+            "init": init,
             "genes": {
                 k: (v if isinstance(v, str) else float(v)) for k, v in (genes or {}).items()
             },
@@ -457,7 +477,14 @@ class SCGEditor:
         reference: AnnData | None,
         batch_size: int,
     ) -> torch.Tensor:
-        """scGen-style shift per source cell: mean latent (target value) - mean (source value)."""
+        """scGen-style shift per source cell: mean latent (target value) - mean (source value).
+
+        With ``self.balance_shift`` (default), the difference is taken within each stratum of the
+        other condition columns (e.g. within each cell type) that has reference cells with both
+        values, and averaged over those strata with equal weights, as scGen balances cell types:
+        a pooled difference would also carry the difference in cell-type composition between
+        the two groups (e.g. a cell type whose target cells are missing).
+        """
         model = self.model
         if reference is None:
             tensors, _ = model._latent_pass()
@@ -468,25 +495,38 @@ class SCGEditor:
             ref_z, ref_cond = ref["z"], ref["cond"]
         columns = model.conditions_["columns"]
         delta = torch.zeros(len(cond_src), ref_z.shape[1], device=model.device)
+        others = [k for k in range(ref_cond.shape[1]) if k not in target]
+        if others and getattr(self, "balance_shift", True):
+            _, stratum = torch.unique(ref_cond[:, others], dim=0, return_inverse=True)
+        else:
+            stratum = torch.zeros(len(ref_cond), dtype=torch.long, device=model.device)
+        n_strata = int(stratum.max()) + 1
         for j, code in target.items():
             n_cats = len(columns[j]["categories"])
-            counts = torch.bincount(ref_cond[:, j], minlength=n_cats).float()
-            sums = torch.zeros(n_cats, ref_z.shape[1], device=model.device)
-            sums.index_add_(0, ref_cond[:, j], ref_z)
-            if counts[code] == 0:
+            group = stratum * n_cats + ref_cond[:, j]
+            counts = torch.bincount(group, minlength=n_strata * n_cats).float()
+            sums = torch.zeros(n_strata * n_cats, ref_z.shape[1], device=model.device)
+            sums.index_add_(0, group, ref_z)
+            means = (sums / counts.clamp_min(1)[:, None]).view(n_strata, n_cats, -1)
+            counts = counts.view(n_strata, n_cats)
+            if counts[:, code].sum() == 0:
                 raise ValueError(
                     f"No reference cells with {columns[j]['key']}="
                     f"{columns[j]['categories'][code]!r} to compute the latent shift from."
                 )
-            means = sums / counts.clamp_min(1)[:, None]
-            src_codes = cond_src[:, j]
-            lacking = (counts[src_codes] == 0).nonzero()
-            if len(lacking):
-                value = columns[j]["categories"][int(src_codes[lacking[0, 0]])]
-                raise ValueError(
-                    f"No reference cells with {columns[j]['key']}={value!r} (a source value)."
-                )
-            delta += means[code] - means[src_codes]
+            for value in torch.unique(cond_src[:, j]).tolist():
+                if counts[:, value].sum() == 0:
+                    raise ValueError(
+                        f"No reference cells with {columns[j]['key']}="
+                        f"{columns[j]['categories'][value]!r} (a source value)."
+                    )
+                both = (counts[:, code] > 0) & (counts[:, value] > 0)
+                if both.any():
+                    d = (means[both, code] - means[both, value]).mean(dim=0)
+                else:  # no stratum holds both values: fall back to the pooled difference
+                    pooled = (means * counts[..., None]).sum(dim=0) / counts.sum(0)[:, None]
+                    d = pooled[code] - pooled[value]
+                delta[cond_src[:, j] == value] += d
         return delta
 
     def _sample(
@@ -501,6 +541,7 @@ class SCGEditor:
         n_steps,
         t0,
         guidance_scale,
+        guidance_reference,
         genes,
         seed,
         step_callback,
@@ -538,9 +579,11 @@ class SCGEditor:
         out = []
         for rows in chunks:
             c_tgt = cond_tgt[rows]
-            eps_tgt = classifier_free_guidance(
-                module.eps, c_tgt, module.null_condition(c_tgt, changed), guidance_scale
-            )
+            if guidance_reference == "source":
+                c_ref = cond_src[rows]
+            else:
+                c_ref = module.null_condition(c_tgt, changed)
+            eps_tgt = classifier_free_guidance(module.eps, c_tgt, c_ref, guidance_scale)
             if gene_idx is not None and gene_scale != 0:
                 eps_tgt = gene_guidance(
                     eps_tgt,

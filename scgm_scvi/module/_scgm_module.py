@@ -66,11 +66,11 @@ class SCGMModule(VAE):
         gene_likelihood: Literal["nb", "zinb", "poisson"] = "nb",
         use_batch_norm: Literal["encoder", "decoder", "none", "both"] = "none",
         use_layer_norm: Literal["encoder", "decoder", "none", "both"] = "both",
-        score_width: int = 512,
+        score_width: int = 256,
         score_blocks: int = 4,
         score_dropout: float = 0.0,
         p_uncond: float = 0.1,
-        diffusion_target: Literal["sample", "mean"] = "sample",
+        diffusion_target: Literal["sample", "mean"] = "mean",
         beta_min: float = 0.1,
         beta_max: float = 20.0,
         **vae_kwargs,
@@ -150,11 +150,19 @@ class SCGMModule(VAE):
         return out
 
     def eps(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Predicted noise at standardised latent ``x``, time ``t`` (shape ``(n,)``)."""
-        return self.score_net(x, t, cond)
+        """Predicted noise at standardised latent ``x``, time ``t`` (shape ``(n,)``).
+
+        The network predicts the velocity ``v = alpha eps - sigma x_0`` (Salimans & Ho 2022),
+        so ``eps = sigma x + alpha v``. At high noise ``eps`` is then almost exactly ``x`` and
+        network errors are damped by ``alpha``; with plain noise prediction those errors are
+        multiplied by ``sigma / alpha`` (about 150 at ``t = T``) in the ODE and the samples blow
+        up.
+        """
+        alpha, sigma = self.sde.marginal(t)
+        return sigma[:, None] * x + alpha[:, None] * self.score_net(x, t, cond)
 
     def diffusion_loss(self, tensors: dict[str, torch.Tensor]) -> LossOutput:
-        """Denoising score-matching loss (noise prediction, uniform time; Ho et al. 2020)."""
+        """Denoising score-matching loss in the v-parametrisation, uniform time."""
         z = tensors[Z_LOC_KEY]
         if self.diffusion_target == "sample":
             z = z + tensors[Z_SCALE_KEY] * torch.randn_like(z)
@@ -166,8 +174,10 @@ class SCGMModule(VAE):
             cond = torch.where(drop, null, cond)
         t = torch.rand(x0.shape[0], device=x0.device) * (self.sde.T - self.sde.eps) + self.sde.eps
         noise = torch.randn_like(x0)
-        xt = self.sde.perturb(x0, t, noise)
-        per_cell = ((self.eps(xt, t, cond) - noise) ** 2).mean(dim=-1)
+        alpha, sigma = self.sde.marginal(t)
+        xt = alpha[:, None] * x0 + sigma[:, None] * noise
+        v = alpha[:, None] * noise - sigma[:, None] * x0
+        per_cell = ((self.score_net(xt, t, cond) - v) ** 2).mean(dim=-1)
         return LossOutput(loss=per_cell.mean(), reconstruction_loss=per_cell)
 
     # ------------------------------------------------------------------ decoding

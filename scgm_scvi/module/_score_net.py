@@ -57,7 +57,10 @@ class AdaLNBlock(nn.Module):
         self.norm = nn.LayerNorm(width, elementwise_affine=False)
         self.modulation = nn.Linear(cond_dim, 3 * width)
         self.mlp = nn.Sequential(
-            nn.Linear(width, 2 * width), nn.SiLU(), nn.Dropout(dropout), nn.Linear(2 * width, width)
+            nn.Linear(width, 2 * width),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            nn.Linear(2 * width, width),
         )
         # start as the identity so that deep stacks train from the first step
         nn.init.zeros_(self.modulation.weight)
@@ -90,7 +93,7 @@ class ScoreNetwork(nn.Module):
         self,
         n_latent: int,
         n_categories: list[int],
-        width: int = 512,
+        width: int = 256,
         n_blocks: int = 4,
         dropout: float = 0.0,
     ):

@@ -26,10 +26,6 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None]
 
 
-def _expand(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return t.expand(x.shape[0])
-
-
 def _after_step(callback: StepCallback | None, i: int, t: torch.Tensor, x: torch.Tensor):
     if callback is None:
         return x
@@ -46,17 +42,20 @@ def _reverse_sde_step(
     generator: torch.Generator | None,
     add_noise: bool,
 ) -> torch.Tensor:
-    """One Euler-Maruyama step of the reverse SDE from ``t`` down to ``t_next``."""
-    tt = _expand(t, x)
-    _, sigma = sde.marginal(tt)
-    score = -eps_fn(x, t) / sigma[:, None]
-    drift, g = sde.drift_diffusion(x, tt)
+    """One Euler-Maruyama step of the reverse SDE from ``t`` down to ``t_next``.
+
+    ``t`` is 0-d, so the schedule is evaluated once per step and broadcast over cells.
+    """
+    _, sigma = sde.marginal(t)
+    score = -eps_fn(x, t) / sigma
+    beta = sde.beta(t)
     dt = t - t_next
-    x_mean = x - (drift - (g**2)[:, None] * score) * dt
+    # reverse drift: f(x, t) - g(t)^2 score, with f = -beta x / 2 and g^2 = beta
+    x_mean = x + (0.5 * beta * x + beta * score) * dt
     if not add_noise:  # the last step returns the mean: noise at t = eps would only blur cells
         return x_mean
     noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-    return x_mean + g[:, None] * torch.sqrt(dt) * noise
+    return x_mean + torch.sqrt(beta * dt) * noise
 
 
 def sample_euler_maruyama(
@@ -110,9 +109,11 @@ def sample_predictor_corrector(
     """Predictor-corrector sampler (Song et al. 2021, Algorithm 3 for the VP-SDE).
 
     Each step runs ``n_corrector`` Langevin corrector steps at ``t`` and then a reverse-SDE
-    predictor step, i.e. ``n_corrector + 1`` network evaluations per step. The Langevin step size
-    follows the signal-to-noise rule ``eps = 2 (snr ||z|| / ||score||)^2``, computed per cell so
-    that a cell's trajectory does not depend on which cells share its batch.
+    predictor step, i.e. ``n_corrector + 1`` network evaluations per step. The Langevin step
+    size is Song et al.'s signal-to-noise rule ``2 (snr ||z|| / ||score||)^2`` with the norms
+    replaced by their expectations (``||z||^2 = d``, ``||score||^2 = d / sigma^2``), i.e.
+    ``2 (snr sigma)^2``: the same for every cell, so a cell's trajectory does not depend on which
+    cells share its batch, and a cell with a small predicted noise does not take a huge step.
 
     Parameters
     ----------
@@ -126,13 +127,12 @@ def sample_predictor_corrector(
     n = len(ts) - 1
     for i in range(n):
         t = ts[i]
-        _, sigma = sde.marginal(_expand(t, x))
+        _, sigma = sde.marginal(t)
+        step = 2.0 * (snr * sigma) ** 2
         for _ in range(n_corrector):
-            score = -eps_fn(x, t) / sigma[:, None]
+            score = -eps_fn(x, t) / sigma
             noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-            ratio = noise.norm(dim=-1) / score.norm(dim=-1).clamp_min(1e-12)
-            step = 2.0 * (snr * ratio) ** 2
-            x = x + step[:, None] * score + torch.sqrt(2.0 * step)[:, None] * noise
+            x = x + step * score + torch.sqrt(2.0 * step) * noise
         x = _reverse_sde_step(eps_fn, sde, x, t, ts[i + 1], generator, add_noise=i < n - 1)
         x = _after_step(callback, i, ts[i + 1], x)
     return x

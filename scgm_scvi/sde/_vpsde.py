@@ -55,9 +55,7 @@ class VPSDE:
         beta = self.beta(t)
         return -0.5 * beta[:, None] * x, torch.sqrt(beta)
 
-    def perturb(
-        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
-    ) -> torch.Tensor:
+    def perturb(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Sample ``x_t`` given ``x_0`` and standard normal ``noise``."""
         alpha, sigma = self.marginal(t)
         return alpha[:, None] * x0 + sigma[:, None] * noise
