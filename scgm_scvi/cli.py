@@ -19,9 +19,9 @@ import pandas as pd
 
 PROG = "scgm-scvi"
 #: Epochs of the demo: SCGM's default networks on PBMC 3k in about five minutes on 2 CPU cores
-#: (about 1 s per VAE epoch and 1.3 s per score-network epoch with one torch thread).
+#: (about 1 s per VAE epoch and 0.4 s per score-network epoch with one torch thread).
 DEMO_MAX_EPOCHS = 100
-DEMO_DIFFUSION_MAX_EPOCHS = 150
+DEMO_DIFFUSION_MAX_EPOCHS = 400
 #: ``--quick``: a smoke test of the whole pipeline, not a useful model.
 QUICK_MAX_EPOCHS = 2
 QUICK_DIFFUSION_MAX_EPOCHS = 3

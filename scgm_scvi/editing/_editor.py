@@ -55,7 +55,12 @@ class SCGEditor:
       target condition. Deterministic and invertible: editing back to the source condition
       returns the source latent up to the ODE discretisation error.
     - ``"latent_shift"`` (scGen-style baseline, Lotfollahi et al. 2019): add the difference of
-      the mean latents of reference cells with the target and with the source value.
+      the mean latents of reference cells with the target and with the source value, taken
+      within each stratum of the other conditions (e.g. each cell type) and averaged over the
+      strata that hold both values, so that a cell type missing from one side (the held-out
+      type of a leave-one-out study) does not bias the shift.
+
+    ``"sdedit"`` and ``"ode"`` can also start from the shifted latent (``init="latent_shift"``).
 
     All methods decode the edited latents under the target covariates, with each source cell's
     observed library size, and draw negative-binomial counts.
@@ -76,6 +81,10 @@ class SCGEditor:
     >>> stim = editor.edit(ctrl, {"condition": "stim"}, strength=0.5)
     >>> knock_down = editor.edit(ctrl, {"condition": "ctrl"}, strength=0.3, genes={"CD19": 0})
     """
+
+    # scGen-style balancing of the latent shift over strata of the other conditions; False gives
+    # the pooled difference of means (kept for comparisons)
+    _balance_shift = True
 
     def __init__(self, model: SCGM):
         if not getattr(model, "diffusion_trained_", False):
@@ -160,6 +169,18 @@ class SCGEditor:
         store_latent
             Also write the edited latents (mean over ``n_samples``) to
             ``adata.obsm["X_scgm_edited"]``.
+        init
+            Where the reverse process of ``"sdedit"`` / ``"ode"`` starts: ``"source"`` (the source
+            latent, plain SDEdit / DDIB) or ``"latent_shift"`` (the source latent moved by the
+            ``"latent_shift"`` difference of means first, then noised to ``t0`` and brought back
+            under the target, i.e. SDEdit from a better initial guess; with ``"ode"`` the shifted
+            latent is inverted under the source condition). Uses ``reference`` like
+            ``"latent_shift"``. Ignored by ``method="latent_shift"``.
+        guidance_reference
+            What classifier-free guidance pushes away from when ``guidance_scale != 1``:
+            ``"null"`` (the target's changed columns set to "unknown", standard guidance) or
+            ``"source"`` (the source cell's own values, ``eps_src + w (eps_tgt - eps_src)``,
+            which moves along the source-to-target direction only).
         step_callback
             Optional per-step hook ``callback(i, t, x) -> x or None`` passed to the sampler of
             the target pass; ``x`` is the standardised latent. A returned tensor replaces
@@ -195,10 +216,11 @@ class SCGEditor:
             raise ValueError("Gene-level guidance needs a reverse process: use 'sdedit' or 'ode'.")
         needs_shift = method == "latent_shift" or init == "latent_shift"
         if needs_shift and reference is None and model.adata is None:
+            option = "method" if method == "latent_shift" else "init"
             raise ValueError(
-                f"{'method' if method == 'latent_shift' else 'init'}='latent_shift' needs reference cells for the latent means, but the model "
-                "was loaded without its training AnnData. Pass reference=<AnnData set up like the "
-                "training data> or load the model with its AnnData."
+                f"{option}='latent_shift' needs reference cells for the latent means, but the "
+                "model was loaded without its training AnnData. Pass reference=<AnnData set up "
+                "like the training data> or load the model with its AnnData."
             )
 
         module.eval()
@@ -479,11 +501,11 @@ class SCGEditor:
     ) -> torch.Tensor:
         """scGen-style shift per source cell: mean latent (target value) - mean (source value).
 
-        With ``self.balance_shift`` (default), the difference is taken within each stratum of the
-        other condition columns (e.g. within each cell type) that has reference cells with both
-        values, and averaged over those strata with equal weights, as scGen balances cell types:
-        a pooled difference would also carry the difference in cell-type composition between
-        the two groups (e.g. a cell type whose target cells are missing).
+        The difference is taken within each stratum of the other condition columns (e.g. within
+        each cell type) that has reference cells with both values, and averaged over those strata
+        with equal weights, as scGen balances cell types: a pooled difference would also carry
+        the difference in cell-type composition between the two groups (e.g. a cell type whose
+        target cells are missing). Without such a stratum the pooled difference is used.
         """
         model = self.model
         if reference is None:
@@ -496,7 +518,7 @@ class SCGEditor:
         columns = model.conditions_["columns"]
         delta = torch.zeros(len(cond_src), ref_z.shape[1], device=model.device)
         others = [k for k in range(ref_cond.shape[1]) if k not in target]
-        if others and getattr(self, "balance_shift", True):
+        if others and self._balance_shift:
             _, stratum = torch.unique(ref_cond[:, others], dim=0, return_inverse=True)
         else:
             stratum = torch.zeros(len(ref_cond), dtype=torch.long, device=model.device)

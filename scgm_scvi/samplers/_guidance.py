@@ -56,15 +56,19 @@ def gene_guidance(
 
     At each call the clean latent is predicted from the noisy one,
     ``x0 = (x - sigma eps(x, t)) / alpha``, decoded to expression with ``expression_fn`` and
-    scored by a per-cell loss on the constrained genes; its gradient with respect to ``x`` shifts
-    the noise prediction, ``eps + scale * sigma * grad``, i.e. the score moves down the loss. The
+    scored by a per-cell loss on the constrained genes. The clean estimate takes a gradient step
+    down that loss, ``x0' = x0 - scale * grad``, and the noise prediction is made consistent with
+    it, ``eps' = (x - alpha x0') / sigma = eps + scale * (alpha / sigma) * grad``: the push is
+    weak at high noise and strong near the data. The gradient goes through the decoder only, not
+    the score network (cheaper, and independent of how the network's Jacobian is trained). The
     loss is ``(log1p(e) - log1p(target))^2`` for genes with ``direction == 0`` and
     ``-direction * log(e)`` for genes pushed up (``+1``) or down (``-1``), a push of constant
     strength in fold-change terms whatever the gene's expression level.
 
-    The gradient is taken through the network and the decoder, so the guided ``eps_fn`` needs
-    autograd: call it outside :func:`torch.inference_mode` (``torch.no_grad`` is fine; the wrapper
-    enables gradients locally).
+    Limits: genes move together with the genes the decoder couples them to; values far outside
+    what the decoder produced for training cells are approached, not reached; the wrapper needs
+    autograd, so call it outside :func:`torch.inference_mode` (``torch.no_grad`` is fine; the
+    wrapper enables gradients locally).
 
     Parameters
     ----------
@@ -88,14 +92,13 @@ def gene_guidance(
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         alpha, sigma = sde.marginal(t)
+        eps = eps_fn(x, t)
         with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            eps = eps_fn(x_in, t)
-            x0 = (x_in - sigma * eps) / alpha
+            x0 = ((x - sigma * eps) / alpha).detach().requires_grad_(True)
             e = expression_fn(x0)
             loss = to_value * (torch.log1p(e) - log_target) ** 2
             loss = loss - direction * torch.log(e.clamp_min(1e-8))
-            (grad,) = torch.autograd.grad(loss.sum(), x_in)
-        return eps.detach() + scale * sigma * grad
+            (grad,) = torch.autograd.grad(loss.sum(), x0)
+        return eps + scale * (alpha / sigma) * grad
 
     return guided
