@@ -1,6 +1,8 @@
-"""The ``scgm-scvi`` command line: ``demo --quick`` end to end, and its input checks."""
+"""The ``scgm-scvi`` command line: every subcommand end to end, and its input checks."""
 
 from __future__ import annotations
+
+import json
 
 import anndata as ad
 import numpy as np
@@ -160,3 +162,288 @@ def test_runtime_error_is_one_line(tmp_path, capsys, monkeypatch):
     assert cli.main(["demo", "--out", str(tmp_path / "out"), "--quick"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == "scgm-scvi demo: error: OSError: bundled file missing"
+
+
+# ------------------------------------------------------------------------------------------
+# train / generate / edit / evaluate on a tiny synthetic dataset (a tiny model, seconds)
+# ------------------------------------------------------------------------------------------
+TINY_ARGS = ["--n-latent", "8", "--n-hidden", "32", "--score-width", "32", "--score-blocks", "2"]
+FAST_ARGS = ["--max-epochs", "3", "--diffusion-max-epochs", "4", "--accelerator", "cpu"]
+
+
+def toy_adata(seed: int = 0) -> ad.AnnData:
+    """200 cells x 100 genes of counts, cell types A/B/C, 2 batches, ctrl/stim conditions."""
+    rng = np.random.default_rng(seed)
+    n_cells, n_genes = 200, 100
+    cell_type = np.array(["A", "B", "C"])[np.arange(n_cells) % 3]
+    condition = np.where(np.arange(n_cells) % 2 == 0, "ctrl", "stim")
+    base = rng.gamma(2.0, 1.0, size=(3, n_genes))
+    rate = base[np.arange(n_cells) % 3] * np.where(condition == "stim", 1.5, 1.0)[:, None]
+    X = sp.csr_matrix(rng.poisson(rate).astype(np.float32))
+    obs = pd.DataFrame(
+        {
+            "cell_type": pd.Categorical(cell_type),
+            "condition": pd.Categorical(condition),
+            "batch": pd.Categorical(np.where(np.arange(n_cells) < 100, "b1", "b2")),
+        },
+        index=[f"cell_{i}" for i in range(n_cells)],
+    )
+    return ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=[f"g{i}" for i in range(n_genes)]))
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A directory with toy.h5ad and a model trained on it by ``scgm-scvi train``."""
+    root = tmp_path_factory.mktemp("cli")
+    toy_adata().write_h5ad(root / "toy.h5ad")
+    argv = ["train", str(root / "toy.h5ad"), "--out", str(root / "model")]
+    argv += ["--labels-key", "cell_type", "--batch-key", "batch", "--covariate", "condition"]
+    status = cli.main([*argv, *TINY_ARGS, *FAST_ARGS, "--no-progress"])
+    assert status == 0
+    return root
+
+
+def test_train_writes_a_loadable_model(workspace):
+    model_dir = workspace / "model"
+    assert (model_dir / "model.pt").is_file()
+    summary = json.loads((model_dir / "scgm_train.json").read_text())
+    assert summary["n_cells"] == 200 and summary["vae_epochs"] == 3
+    assert summary["conditions"]["condition"] == ["ctrl", "stim"]
+    model = scgm_scvi.SCGM.load(str(model_dir))
+    assert model.diffusion_trained_ and model.module.n_latent == 8
+    assert model.registry_["setup_args"]["categorical_covariate_keys"] == ["condition"]
+
+
+def test_train_refuses_to_overwrite(workspace, capsys):
+    before = {p.name: p.stat().st_mtime_ns for p in (workspace / "model").iterdir()}
+    argv = ["train", str(workspace / "toy.h5ad"), "--out", str(workspace / "model")]
+    assert cli.main([*argv, *TINY_ARGS, *FAST_ARGS]) == 2
+    assert "--overwrite" in one_line_error(capsys)
+    assert {p.name: p.stat().st_mtime_ns for p in (workspace / "model").iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    ("case", "extra", "message"),
+    [
+        ("missing", [], "does not exist"),
+        ("toy", ["--labels-key", "celltype"], "--labels-key 'celltype' is not a column"),
+        ("toy", ["--covariate", "dose"], "--covariate 'dose' is not a column"),
+        ("toy", ["--layer", "counts"], "--layer 'counts' is not a layer"),
+        ("log", [], "not raw counts"),
+        ("negative", [], "not raw counts"),
+        ("csv", [], "must be an .h5ad"),
+        ("toy", ["--max-epochs", "0"], "positive integer"),
+    ],
+)
+def test_train_bad_input(workspace, tmp_path, capsys, case, extra, message):
+    adata = toy_adata()
+    if case == "log":
+        adata.X = adata.X.log1p()
+    elif case == "negative":
+        adata.X.data[0] = -1.0
+    path = {"missing": tmp_path / "nope.h5ad", "csv": tmp_path / "toy.csv"}.get(
+        case, tmp_path / f"{case}.h5ad"
+    )
+    if case == "csv":
+        path.write_text("a,b\n")
+    elif case != "missing":
+        adata.write_h5ad(path)
+    out = tmp_path / "model"
+    assert cli.main(["train", str(path), "--out", str(out), *extra]) == 2
+    assert message in one_line_error(capsys)
+    assert not out.exists()  # nothing written on bad input
+
+
+def test_generate_counts_per_type(workspace):
+    out = workspace / "gen_counts.h5ad"
+    argv = ["generate", str(workspace / "model"), "--out", str(out), "--no-progress"]
+    assert cli.main([*argv, "--cell-type", "A=30", "--cell-type", "C=12", "--seed", "4"]) == 0
+    generated = ad.read_h5ad(out)
+    assert generated.obs["cell_type"].value_counts().to_dict() == {"A": 30, "B": 0, "C": 12}
+    assert sp.issparse(generated.X) and generated.X.format == "csr"
+    np.testing.assert_array_equal(generated.X.data, np.round(generated.X.data))
+    assert list(generated.var_names) == [f"g{i}" for i in range(100)]
+    assert generated.uns["scgm"]["seed"] == 4 and generated.uns["scgm"]["sampler"] == "ode"
+
+
+def test_generate_options(workspace):
+    out = workspace / "gen_opts.h5ad"
+    argv = ["generate", str(workspace / "model"), "--out", str(out), "--n", "10"]
+    argv += ["--cell-type", "A", "--cell-type", "B", "--covariate", "condition=stim"]
+    argv += ["--sampler", "ode_euler", "--n-steps", "5", "--guidance-scale", "2", "--progress"]
+    assert cli.main(argv) == 0
+    generated = ad.read_h5ad(out)
+    assert generated.obs["cell_type"].value_counts().to_dict() == {"A": 5, "B": 5, "C": 0}
+    assert set(generated.obs["condition"]) == {"stim"}
+    assert generated.uns["scgm"]["n_steps"] == 5
+    assert generated.uns["scgm"]["guidance_scale"] == 2.0
+    # default: training proportions; same seed, same cells
+    again = workspace / "gen_default.h5ad"
+    assert cli.main(["generate", str(workspace / "model"), "--out", str(again), "--n", "25"]) == 0
+    assert cli.main(["generate", str(workspace / "model"), "--out", str(out), "--n", "25"]) == 2
+    assert (
+        cli.main(
+            ["generate", str(workspace / "model"), "--out", str(out), "--n", "25", "--overwrite"]
+        )
+        == 0
+    )
+    a, b = ad.read_h5ad(again), ad.read_h5ad(out)
+    assert a.n_obs == 25
+    np.testing.assert_array_equal(a.X.toarray(), b.X.toarray())
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--cell-type", "Z"], "unknown cell type 'Z'"),
+        (["--cell-type", "A=3", "--cell-type", "B"], "either NAME or NAME=COUNT"),
+        (["--cell-type", "A=3", "--n", "5"], "does not match"),
+        (["--cell-type", "A=x"], "COUNT must be an integer"),
+        (["--covariate", "condition=high"], "unknown condition 'high'"),
+        (["--covariate", "dose=1"], "unknown key 'dose'"),
+        (["--sampler", "fast"], "invalid choice"),
+        (["--n", "-3"], "positive integer"),
+    ],
+)
+def test_generate_bad_input(workspace, tmp_path, capsys, extra, message):
+    out = tmp_path / "g.h5ad"
+    assert cli.main(["generate", str(workspace / "model"), "--out", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_generate_bad_model_dir(workspace, tmp_path, capsys):
+    out = tmp_path / "g.h5ad"
+    assert cli.main(["generate", str(tmp_path / "none"), "--out", str(out)]) == 2
+    assert "does not exist" in one_line_error(capsys)
+    assert cli.main(["generate", str(tmp_path), "--out", str(out)]) == 2
+    assert "not a model directory" in one_line_error(capsys)
+    assert cli.main(["generate", str(workspace / "model"), "--out", str(tmp_path / "g.csv")]) == 2
+    assert "must end in .h5ad" in one_line_error(capsys)
+
+
+def test_edit_selected_cells(workspace):
+    out = workspace / "edited.h5ad"
+    argv = ["edit", str(workspace / "model"), str(workspace / "toy.h5ad"), "--out", str(out)]
+    argv += ["--select", "condition=ctrl", "--target", "condition=stim", "--strength", "0.3"]
+    assert cli.main([*argv, "--n-steps", "4", "--no-progress"]) == 0
+    edited = ad.read_h5ad(out)
+    assert edited.n_obs == 100
+    assert set(edited.obs["condition"]) == {"stim"}
+    assert set(edited.obs["source_condition"]) == {"ctrl"}
+    assert edited.uns["scgm_edit"]["strength"] == 0.3
+    assert edited.obsm["X_scgm_edited"].shape == (100, 8)
+    # the scGen-style baseline takes its shift from all input cells by default
+    shift = workspace / "edited_shift.h5ad"
+    argv = ["edit", str(workspace / "model"), str(workspace / "toy.h5ad"), "--out", str(shift)]
+    argv += ["--select", "condition=ctrl", "--target", "condition=stim"]
+    assert cli.main([*argv, "--method", "latent_shift"]) == 0
+    assert ad.read_h5ad(shift).uns["scgm_edit"]["method"] == "latent_shift"
+
+
+@pytest.mark.parametrize(
+    ("case", "extra", "message"),
+    [
+        ("toy", ["--target", "condition=high"], "unknown condition 'high'"),
+        ("toy", ["--target", "dose=1"], "unknown key 'dose'"),
+        ("toy", ["--target", "condition"], "expected KEY=VALUE"),
+        ("toy", ["--target", "condition=stim", "--select", "condition=none"], "no cell"),
+        ("toy", ["--target", "condition=stim", "--strength", "1.5"], "(0, 1]"),
+        ("no_batch", ["--target", "condition=stim"], "'batch' is not a column"),
+        ("few_genes", ["--target", "condition=stim"], "lacks 50 of the model's 100 genes"),
+        ("missing", ["--target", "condition=stim"], "does not exist"),
+    ],
+)
+def test_edit_bad_input(workspace, tmp_path, capsys, case, extra, message):
+    path = workspace / "toy.h5ad"
+    if case != "toy":
+        adata = toy_adata()
+        if case == "no_batch":
+            del adata.obs["batch"]
+        elif case == "few_genes":
+            adata = adata[:, :50].copy()
+        path = tmp_path / f"{case}.h5ad"
+        if case != "missing":
+            adata.write_h5ad(path)
+    out = tmp_path / "e.h5ad"
+    assert cli.main(["edit", str(workspace / "model"), str(path), "--out", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_evaluate_writes_tables(workspace, capsys):
+    real, gen = str(workspace / "toy.h5ad"), str(workspace / "gen_counts.h5ad")
+    md = workspace / "metrics.md"
+    argv = ["evaluate", real, gen, "--out", str(md), "--metrics", "g1", "stats"]
+    assert cli.main([*argv, "--min-cells", "5"]) == 0
+    text = md.read_text()
+    assert "| group" in text and "| A " in text and "mmd_rbf" in text
+    assert "warning: Groups present only in `real`" in capsys.readouterr().err  # B: no cells
+    csv = workspace / "metrics.csv"
+    argv = ["evaluate", real, gen, "--out", str(csv), "--metrics", "g2", "--groupby", "none"]
+    assert cli.main([*argv, "--n-estimators", "20"]) == 0
+    table = pd.read_csv(csv)
+    assert list(table.columns) == ["group", "metric", "value", "protocol"]
+    assert {"pcc", "scc", "rf_auc"} <= set(table["metric"])
+    assert cli.main([*argv, "--n-estimators", "20"]) == 2  # exists: --overwrite needed
+
+
+def test_evaluate_edit(workspace, tmp_path):
+    toy = toy_adata()
+    toy[toy.obs["condition"] == "stim"].copy().write_h5ad(tmp_path / "stim.h5ad")
+    toy[toy.obs["condition"] == "ctrl"].copy().write_h5ad(tmp_path / "ctrl.h5ad")
+    out = tmp_path / "edit.csv"
+    argv = ["evaluate", str(tmp_path / "stim.h5ad"), str(workspace / "edited.h5ad")]
+    argv += ["--control", str(tmp_path / "ctrl.h5ad"), "--out", str(out), "--n-degs", "20"]
+    assert cli.main(argv) == 0
+    table = pd.read_csv(out)
+    assert {"r2_mean_all", "pearson_delta_top_degs"} <= set(table["metric"])
+    assert cli.main([*argv[:-4], "--out", str(tmp_path / "g.csv"), "--groupby", "cell_type"]) == 0
+    assert set(pd.read_csv(tmp_path / "g.csv")["group"]) == {"A", "B", "C"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--groupby", "celltype"], "--groupby 'celltype' is not a column of REAL"),
+        (["--metrics", "novelty"], "need the real training cells"),
+        (["--metrics", "fid"], "invalid choice"),
+    ],
+)
+def test_evaluate_bad_input(workspace, tmp_path, capsys, extra, message):
+    out = tmp_path / "m.md"
+    argv = ["evaluate", str(workspace / "toy.h5ad"), str(workspace / "gen_counts.h5ad")]
+    assert cli.main([*argv, "--out", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_evaluate_refuses_normalised_data(workspace, tmp_path, capsys):
+    adata = toy_adata()
+    adata.X = adata.X.multiply(1 / adata.X.sum(axis=1)).tocsr()
+    adata.write_h5ad(tmp_path / "norm.h5ad")
+    argv = ["evaluate", str(workspace / "toy.h5ad"), str(tmp_path / "norm.h5ad")]
+    assert cli.main([*argv, "--out", str(tmp_path / "m.md")]) == 2
+    assert "GENERATED X is not raw counts" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("command", ["train", "generate", "edit", "evaluate", "demo"])
+def test_every_command_has_help(command, capsys):
+    assert cli.main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--out" in text and "--overwrite" in text
+    for option in {
+        "train": ["--labels-key", "--batch-key", "--covariate", "--layer", "--max-epochs"],
+        "generate": ["--n", "--cell-type", "--sampler", "--n-steps", "--guidance-scale"],
+        "edit": ["--target", "--strength", "--method", "--select"],
+        "evaluate": ["--groupby", "--metrics", "--control"],
+        "demo": ["--quick"],
+    }[command]:
+        assert option in text

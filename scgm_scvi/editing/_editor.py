@@ -13,9 +13,11 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
+from mudata import MuData
 from scvi import REGISTRY_KEYS
 from tqdm.auto import tqdm
 
+from scgm_scvi.model._mudata import as_registered_mudata, rna_anndata
 from scgm_scvi.samplers import (
     EVALS_PER_STEP,
     SAMPLERS,
@@ -100,7 +102,7 @@ class SCGEditor:
     @torch.no_grad()  # not inference_mode: gene guidance needs autograd inside the sampler
     def edit(
         self,
-        adata: AnnData,
+        adata: AnnData | MuData,
         target: str | Mapping[str, str],
         strength: float = 0.5,
         method: Method = "sdedit",
@@ -126,7 +128,8 @@ class SCGEditor:
         adata
             Count data with the model's genes (matched by name, any order; extra genes are
             dropped with a warning) and the ``obs`` columns registered with
-            :meth:`~scgm_scvi.SCGM.setup_anndata`. Never modified, except
+            :meth:`~scgm_scvi.SCGM.setup_anndata`, or a MuData whose RNA modality and ``obs``
+            are laid out as in :meth:`~scgm_scvi.SCGM.setup_mudata`. Never modified, except
             ``adata.obsm["X_scgm_edited"]`` when ``store_latent=True``.
         target
             ``{obs key: value}`` for the registered covariates to change (cell type, batch or a
@@ -165,7 +168,7 @@ class SCGEditor:
             Random seed of the noise and the NB draws (``None``: not reseeded).
         reference
             For ``"latent_shift"``: cells whose mean latents give the shift (default: the
-            model's training data).
+            model's training data); an AnnData or a MuData, like ``adata``.
         store_latent
             Also write the edited latents (mean over ``n_samples``) to
             ``adata.obsm["X_scgm_edited"]``.
@@ -225,6 +228,9 @@ class SCGEditor:
 
         module.eval()
         device = model.device
+        source = adata  # where store_latent writes
+        if isinstance(adata, MuData):
+            adata = rna_anndata(adata, model.registry_["setup_args"], "adata")
         src = self._encode(self._aligned_copy(adata, "adata"), batch_size)
         n = len(src["z"])
         changed = list(target)
@@ -296,7 +302,7 @@ class SCGEditor:
         }
         if store_latent:
             edited = z_edit.cpu().numpy().reshape(n, n_samples, -1).mean(axis=1)
-            adata.obsm[EDITED_KEY] = edited
+            source.obsm[EDITED_KEY] = edited
         return out
 
     # ------------------------------------------------------------------ argument checks
@@ -392,14 +398,25 @@ class SCGEditor:
         return None
 
     # ------------------------------------------------------------------ data in
-    def _aligned_copy(self, adata: AnnData, name: str) -> AnnData:
+    def _aligned_copy(self, adata: AnnData | MuData, name: str) -> AnnData | MuData:
         """A minimal private AnnData with the model's genes in order and the registered columns.
+
+        For a model set up with :meth:`~scgm_scvi.SCGM.setup_mudata` it is a MuData laid out as
+        the training data was.
 
         scvi-tools' registration writes ``_scvi_*`` columns and ``uns`` keys into the AnnData it
         is given, so it only ever sees this copy.
         """
+        setup = self.model.registry_["setup_args"]
+        # a model set up with setup_mudata registered ``rna_layer``; a MuData becomes the AnnData
+        # of its RNA modality, with the registered layer's counts in X
+        layer = setup.get("layer", setup.get("rna_layer"))
+        if isinstance(adata, MuData):
+            adata, layer = rna_anndata(adata, setup, name), None
         if not isinstance(adata, AnnData):
-            raise TypeError(f"`{name}` must be an AnnData object, got {type(adata).__name__}.")
+            raise TypeError(
+                f"`{name}` must be an AnnData or MuData object, got {type(adata).__name__}."
+            )
         if adata.n_obs == 0:
             raise ValueError(f"`{name}` has no cells.")
         model = self.model
@@ -421,7 +438,6 @@ class SCGEditor:
                 UserWarning,
                 stacklevel=3,
             )
-        setup = model.registry_["setup_args"]
         keys = [setup.get("labels_key"), setup.get("batch_key")]
         keys += list(setup.get("categorical_covariate_keys") or [])
         keys += list(setup.get("continuous_covariate_keys") or [])
@@ -444,19 +460,25 @@ class SCGEditor:
                     f"`{name}`.obs[{key!r}] has values {unknown} the model was not trained on. "
                     f"Valid values: {cats}."
                 )
-        layer = setup.get("layer")
+        if layer is not None and layer not in adata.layers:
+            raise ValueError(
+                f"`{name}` lacks the layer {layer!r} the model was trained on; it has "
+                f"{list(adata.layers.keys())}."
+            )
         data = adata.X if layer is None else adata.layers[layer]
         data = data[:, adata.var_names.get_indexer(genes)]
         data = data.copy() if sp.issparse(data) else np.array(data, copy=True)
         obs = pd.DataFrame({k: adata.obs[k].to_numpy() for k in keys}, index=adata.obs_names)
         var = pd.DataFrame(index=genes.copy())
+        if model.registry_.get("setup_method_name") == "setup_mudata":
+            return as_registered_mudata(data, obs, var, setup)
         if layer is None:
             return AnnData(X=data, obs=obs, var=var)
         return AnnData(
             X=sp.csr_matrix(data.shape, dtype=np.float32), obs=obs, var=var, layers={layer: data}
         )
 
-    def _encode(self, work: AnnData, batch_size: int) -> dict[str, torch.Tensor | None]:
+    def _encode(self, work: AnnData | MuData, batch_size: int) -> dict[str, torch.Tensor | None]:
         """Posterior means, condition codes, log library, batch and continuous covariates."""
         model, module = self.model, self.model.module
         store = type(model)._per_instance_manager_store.get(model.id, {})

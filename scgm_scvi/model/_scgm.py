@@ -13,6 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
+from mudata import MuData
 from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
@@ -22,7 +23,14 @@ from scvi.data.fields import (
     NumericalJointObsField,
 )
 from scvi.model._utils import get_max_epochs_heuristic
-from scvi.model.base import BaseModelClass, RNASeqMixin, UnsupervisedTrainingMixin, VAEMixin
+from scvi.model.base import (
+    ArchesMixin,
+    BaseModelClass,
+    RNASeqMixin,
+    UnsupervisedTrainingMixin,
+    VAEMixin,
+)
+from scvi.model.base._archesmixin import _get_loaded_data, _set_params_online_update
 from scvi.train import TrainingPlan, TrainRunner
 from scvi.utils import setup_anndata_dsp
 from tqdm.auto import tqdm
@@ -32,6 +40,16 @@ from scgm_scvi.module import COND_KEY, Z_LOC_KEY, Z_SCALE_KEY, SCGMModule
 from scgm_scvi.samplers import EVALS_PER_STEP, SAMPLERS, classifier_free_guidance
 
 from ._checks import check_counts, resolve_group_sizes
+from ._persist import (
+    LAST_CKPT,
+    atomic_save,
+    check_model_dir,
+    load_checkpoint_weights,
+    mark_stage_done,
+    stage_checkpoint,
+)
+from ._query import align_genes, freeze_old_condition_rows, grow_condition_embeddings
+from ._stream import H5ADStreamWriter
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +60,7 @@ DEFAULT_STEPS = {"ode": 25, "ode_euler": 50, "euler_maruyama": 500, "pc": 250}
 CONDITION_TABLE_MAX = 50_000
 
 
-class SCGM(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """Single-cell generative model: NB-VAE + latent score SDE, conditioned on cell type.
 
     Stage 1 is scVI's negative-binomial VAE (``n_latent``-dimensional latent). Stage 2 learns the
@@ -132,11 +150,14 @@ class SCGM(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         )
         # everything generation needs without the training AnnData; saved with the model
         self.conditions_ = self._condition_spec()
-        self.var_names_ = pd.Index(self.get_var_names())
+        # the registered count matrix's genes (for a MuData: the RNA modality's)
+        self.var_names_ = pd.Index(self.get_state_registry(REGISTRY_KEYS.X_KEY).column_names)
         self.vae_trained_ = False
         self.diffusion_trained_ = False
         self.diffusion_history_: dict[str, pd.DataFrame] = {}
         self.condition_table_: pd.DataFrame | None = None
+        # set by load_query_data: the reference's condition sizes and scArches freezing options
+        self.query_: dict | None = None
         self._model_summary_string = (
             f"SCGM: n_latent {n_latent}, VAE {n_layers}x{n_hidden} ({gene_likelihood}), "
             f"score net {score_blocks}x{score_width}, VP-SDE on {diffusion_target}s"
@@ -199,6 +220,107 @@ class SCGM(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
 
+    @classmethod
+    @setup_anndata_dsp.dedent
+    def setup_mudata(
+        cls,
+        mdata: MuData,
+        rna_layer: str | None = None,
+        labels_key: str | None = None,
+        batch_key: str | None = None,
+        categorical_covariate_keys: list[str] | None = None,
+        continuous_covariate_keys: list[str] | None = None,
+        modalities: dict[str, str] | None = None,
+        **kwargs,
+    ):
+        """%(summary_mdata)s.
+
+        SCGM models the RNA modality: the model then trains, generates and edits as with an
+        AnnData (pass the MuData to :class:`~scgm_scvi.SCGEditor` as well). The counts are
+        checked as in :meth:`setup_anndata`.
+
+        Parameters
+        ----------
+        %(param_mdata)s
+        rna_layer
+            Layer of the RNA modality with the raw counts; ``None`` uses its ``.X``.
+        labels_key
+            Column with the cell type; generation is conditioned on it.
+        %(param_batch_key)s
+        %(param_cat_cov_keys)s
+        %(param_cont_cov_keys)s
+        modalities
+            ``{setup argument: modality}``, e.g. ``{"rna_layer": "rna", "labels_key": "rna"}``:
+            ``"rna_layer"`` names the RNA modality (default: the modality ``"rna"``, or the only
+            one); ``obs`` keys whose argument is not mapped are read from ``mdata.obs``, as in
+            scvi-tools.
+
+        Examples
+        --------
+        >>> SCGM.setup_mudata(mdata, labels_key="cell_type", modalities={"rna_layer": "rna"})
+        >>> model = SCGM(mdata)
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        from scvi.data.fields import (
+            MuDataCategoricalJointObsField,
+            MuDataCategoricalObsField,
+            MuDataLayerField,
+            MuDataNumericalJointObsField,
+        )
+
+        from ._mudata import check_obs_keys, resolve_modalities
+
+        mods = resolve_modalities(mdata, modalities)
+        keys = {
+            "labels_key": [labels_key] if labels_key is not None else [],
+            "batch_key": [batch_key] if batch_key is not None else [],
+            "categorical_covariate_keys": list(categorical_covariate_keys or []),
+            "continuous_covariate_keys": list(continuous_covariate_keys or []),
+        }
+        check_obs_keys(mdata, keys, mods)
+        rna = mdata.mod[mods["rna_layer"]]
+        if rna_layer is not None and rna_layer not in rna.layers:
+            raise ValueError(
+                f"Layer {rna_layer!r} not found in mdata[{mods['rna_layer']!r}]; it has "
+                f"{list(rna.layers.keys())}. Pass rna_layer=None to use its .X."
+            )
+        check_counts(
+            rna.X if rna_layer is None else rna.layers[rna_layer],
+            where=f"mod[{mods['rna_layer']!r}]." + ("X" if rna_layer is None else rna_layer),
+        )
+        # saved with the model: where every key was read from
+        setup_method_args["setup_args"]["modalities"] = {
+            k: v for k, v in mods.items() if v is not None
+        }
+        mudata_fields = [
+            MuDataLayerField(
+                REGISTRY_KEYS.X_KEY,
+                rna_layer,
+                mod_key=mods["rna_layer"],
+                is_count_data=True,
+                mod_required=True,
+            ),
+            MuDataCategoricalObsField(
+                REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=mods["batch_key"]
+            ),
+            MuDataCategoricalObsField(
+                REGISTRY_KEYS.LABELS_KEY, labels_key, mod_key=mods["labels_key"]
+            ),
+            MuDataCategoricalJointObsField(
+                REGISTRY_KEYS.CAT_COVS_KEY,
+                categorical_covariate_keys,
+                mod_key=mods["categorical_covariate_keys"],
+            ),
+            MuDataNumericalJointObsField(
+                REGISTRY_KEYS.CONT_COVS_KEY,
+                continuous_covariate_keys,
+                mod_key=mods["continuous_covariate_keys"],
+            ),
+        ]
+        adata_manager = AnnDataManager(fields=mudata_fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(mdata, **kwargs)
+        cls.register_manager(adata_manager)
+
     def _condition_spec(self) -> dict:
         """Names and categories of every condition, in the column order of the score network."""
         setup_args = self.registry_["setup_args"]
@@ -244,6 +366,8 @@ class SCGM(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         diffusion_batch_size: int = 256,
         plan_kwargs: dict | None = None,
         diffusion_plan_kwargs: dict | None = None,
+        checkpoint_dir: str | None = None,
+        resume: bool = False,
         **trainer_kwargs,
     ):
         """Train both stages: the VAE, then the latent diffusion model.
@@ -255,7 +379,13 @@ class SCGM(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         diffusion_max_epochs, diffusion_batch_size, diffusion_plan_kwargs
             Stage 2, see :meth:`train_diffusion`.
         accelerator, devices
-            Lightning accelerator and devices for both stages.
+            Lightning accelerator and devices for both stages. Several devices: pass
+            ``strategy="ddp"`` (or ``"ddp_find_unused_parameters_true"``); see
+            ``docs/scaling.md``.
+        checkpoint_dir, resume
+            Checkpoint both stages under ``checkpoint_dir`` (``vae/`` and ``diffusion/``);
+            with ``resume=True`` an interrupted run continues where it stopped and finished
+            stages are not trained again. See :meth:`train_vae`.
         **trainer_kwargs
             Passed to both stages' :class:`~scvi.train.Trainer`.
         """
@@ -265,6 +395,8 @@ class SCGM(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
             devices=devices,
             batch_size=batch_size,
             plan_kwargs=plan_kwargs,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
             **trainer_kwargs,
         )
         self.train_diffusion(
@@ -273,6 +405,8 @@ class SCGM(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
             devices=devices,
             batch_size=diffusion_batch_size,
             plan_kwargs=diffusion_plan_kwargs,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
             **trainer_kwargs,
         )
 
@@ -284,9 +418,16 @@ class SCGM(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         batch_size: int = 128,
         early_stopping: bool = True,
         plan_kwargs: dict | None = None,
+        checkpoint_dir: str | None = None,
+        resume: bool = False,
+        checkpoint_every_n_epochs: int = 1,
         **trainer_kwargs,
     ):
         """Train stage 1, the NB-VAE, exactly as :meth:`scvi.model.SCVI.train` does.
+
+        After :meth:`load_query_data` this fine-tunes the reference VAE with scArches' freezing
+        (only the weights of new batches and covariates learn, unless ``unfrozen=True`` was
+        passed there); the score network stays valid for the reference's cell types.
 
         Parameters
         ----------
@@ -300,24 +441,58 @@ class SCGM(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
             Stop when the validation ELBO stops improving.
         plan_kwargs
             Passed to :class:`~scvi.train.TrainingPlan` (learning rate, KL warm-up, ...).
+        checkpoint_dir
+            Write a full Lightning checkpoint (weights, optimiser state, epoch) to
+            ``checkpoint_dir/vae/last.ckpt`` during training and mark it complete at the end.
+        resume
+            Continue from ``checkpoint_dir/vae/last.ckpt`` if it exists (an interrupted run
+            resumes at its last saved epoch; a completed run only loads its final weights).
+            Without a checkpoint there, training starts from scratch.
+        checkpoint_every_n_epochs
+            Checkpoint frequency.
         **trainer_kwargs
-            Passed to :class:`~scvi.train.Trainer` and the data splitter.
+            Passed to :class:`~scvi.train.Trainer` and the data splitter (e.g. ``strategy``,
+            or ``ckpt_path`` to resume from a checkpoint file of your own).
         """
         self._require_data()
-        self.module.set_stage("vae")
-        max_epochs = max_epochs or get_max_epochs_heuristic(self.adata.n_obs)
-        super().train(
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            batch_size=batch_size,
-            early_stopping=early_stopping,
-            plan_kwargs=plan_kwargs,
-            **trainer_kwargs,
+        stage_dir, finished = stage_checkpoint(
+            checkpoint_dir, "vae", resume, checkpoint_every_n_epochs, trainer_kwargs
         )
+        self.module.set_stage("vae")
+        if self.query_ is not None:
+            self._apply_arches_freezing()
+        if finished:
+            load_checkpoint_weights(self.module, os.path.join(stage_dir, LAST_CKPT))
+            logger.info("Stage 1 already completed in %s: weights loaded.", stage_dir)
+            self.is_trained_ = True
+        else:
+            max_epochs = max_epochs or get_max_epochs_heuristic(self.adata.n_obs)
+            super().train(
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                batch_size=batch_size,
+                early_stopping=early_stopping,
+                plan_kwargs=plan_kwargs,
+                **trainer_kwargs,
+            )
+            mark_stage_done(self.trainer, stage_dir)
         self.vae_trained_ = True
-        self.diffusion_trained_ = False  # a new latent space invalidates the score network
+        if self.query_ is None or self.query_["freeze"].get("unfrozen"):
+            self.diffusion_trained_ = False  # a new latent space invalidates the score network
+        self.module.requires_grad_(True)
         self.module.eval()
+
+    def _apply_arches_freezing(self) -> None:
+        """Re-apply scArches' freezing and gradient hooks (lost by ``set_stage`` and load)."""
+        from scvi.nn import FCLayers
+
+        for mod in self.module.modules():
+            if isinstance(mod, FCLayers):
+                for handle in getattr(mod, "hooks", []):
+                    handle.remove()
+                mod.hooks = []
+        _set_params_online_update(self.module, **self.query_["freeze"])
 
     def train_diffusion(
         self,
@@ -330,12 +505,21 @@ class SCGM(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         early_stopping_patience: int = 50,
         plan_kwargs: dict | None = None,
         indices: Sequence[int] | None = None,
+        finetune: Literal["new_conditions", "all"] = "new_conditions",
+        checkpoint_dir: str | None = None,
+        resume: bool = False,
+        checkpoint_every_n_epochs: int = 1,
         **trainer_kwargs,
     ):
         """Train stage 2: the conditional score network over the VAE latent (VAE frozen).
 
-        Latents are computed once in a streaming pass over the data, then kept on the training
-        device; an epoch is a few tensor gathers.
+        Latents are computed once in a streaming pass over the data (minibatches of 1,024
+        cells, so a backed AnnData is never loaded whole), then kept on the training device as
+        ``n_cells x n_latent`` float32; an epoch is a few tensor gathers.
+
+        After :meth:`load_query_data` this fine-tunes the reference's score network on the
+        query: the latent standardisation of the reference is kept, and the cells available
+        to :meth:`generate` for drawing covariates are the reference's plus the query's.
 
         Parameters
         ----------
@@ -356,15 +540,53 @@ class SCGM(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
             3k it reached 0.93 label agreement in 600 epochs where ``1e-3`` reached 0.89).
         indices
             Cells of the registered AnnData to train on (default: all).
+        finetune
+            Only for a model made by :meth:`load_query_data`: ``"new_conditions"`` (default)
+            learns only the embeddings of the categories the reference did not have (new cell
+            types, batches, covariate values), so generation of the reference's cell types is
+            unchanged; ``"all"`` fine-tunes the whole score network on the query (which can
+            forget reference cell types that the query lacks).
+        checkpoint_dir, resume, checkpoint_every_n_epochs
+            As in :meth:`train_vae`, in ``checkpoint_dir/diffusion/``. A resumed run loads the
+            checkpoint's weights before encoding the cells, so its latents match the run that
+            was interrupted.
         **trainer_kwargs
-            Passed to :class:`~scvi.train.Trainer`.
+            Passed to :class:`~scvi.train.Trainer` (e.g. ``strategy``).
         """
         self._require_data()
+        if finetune not in ("new_conditions", "all"):
+            raise ValueError(f"finetune must be 'new_conditions' or 'all', got {finetune!r}.")
+        stage_dir, finished = stage_checkpoint(
+            checkpoint_dir, "diffusion", resume, checkpoint_every_n_epochs, trainer_kwargs
+        )
+        resume_from = trainer_kwargs.get("ckpt_path") or (
+            os.path.join(stage_dir, LAST_CKPT) if finished else None
+        )
+        if resume_from is not None:  # the VAE of the interrupted run, hence the same latents
+            load_checkpoint_weights(self.module, resume_from)
+            self.vae_trained_ = True
         if not self.vae_trained_:
             raise RuntimeError("Train the VAE first: call model.train_vae() or model.train().")
         tensors, table = self._latent_pass(indices)
-        self._fit_latent_statistics(tensors)
+        if self.query_ is None:
+            self._fit_latent_statistics(tensors)
+        elif self.query_.get("reference_table") is not None:
+            # the reference's cells stay available to draw covariates and library sizes from
+            ref_table = self.query_["reference_table"]
+            n_query = min(len(table), CONDITION_TABLE_MAX // 2)  # keep room for both
+            n_ref = min(len(ref_table), CONDITION_TABLE_MAX - n_query)
+            if n_ref < len(ref_table):  # subsample only when needed: keep the row order
+                ref_table = ref_table.sample(n_ref, random_state=0)
+            if len(table) + n_ref > CONDITION_TABLE_MAX:
+                table = table.sample(CONDITION_TABLE_MAX - n_ref, random_state=0)
+            table = pd.concat([ref_table, table], ignore_index=True)
         self.condition_table_ = table
+        if finished:
+            logger.info("Stage 2 already completed in %s: weights loaded.", stage_dir)
+            self.module.requires_grad_(True)
+            self.module.eval()
+            self.diffusion_trained_ = True
+            return
         dm = LatentDataModule(
             tensors, train_size=train_size, batch_size=batch_size, seed=settings.seed or 0
         )
@@ -378,12 +600,17 @@ class SCGM(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
             "stage": "diffusion",
         }
         self.module.set_stage("diffusion")
+        hooks = []
+        if self.query_ is not None and finetune == "new_conditions":
+            hooks = freeze_old_condition_rows(self.module, self.query_["condition_sizes"])
         plan = self._training_plan_cls(self.module, **plan_kwargs)
         if dm.n_val == 0:
             early_stopping = False
         trainer_kwargs.setdefault("early_stopping_monitor", "reconstruction_loss_validation")
         trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        # the latent data module shards rows over processes itself (see LatentDataModule)
+        trainer_kwargs.setdefault("use_distributed_sampler", False)
         vae_history = dict(self.history_ or {})  # the runner appends to the dict in place
         runner = TrainRunner(
             self,
@@ -395,9 +622,16 @@ class SCGM(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
             early_stopping=early_stopping,
             **trainer_kwargs,
         )
-        runner()
+        try:
+            runner()
+        finally:
+            for handle in hooks:
+                handle.remove()
+        mark_stage_done(self.trainer, stage_dir)
         # scvi-tools merges later runs into the first run's history keys: keep the stages apart
         stage2 = getattr(self.trainer.logger, "history", {}) or {}
+        if not isinstance(stage2, dict):  # a dummy on non-zero ranks under DDP
+            stage2 = {}
         self.diffusion_history_ = {k: v.reset_index(drop=True) for k, v in stage2.items()}
         self.history_ = vae_history
         self.module.requires_grad_(True)  # as after load(); each stage re-applies its freezing
@@ -413,25 +647,29 @@ class SCGM(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
 
     @torch.inference_mode()
     def _latent_pass(self, indices=None) -> tuple[dict[str, torch.Tensor], pd.DataFrame]:
-        """Encode the cells once: posterior loc/scale, condition codes and a covariate table."""
+        """Encode the cells once: posterior loc/scale, condition codes and a covariate table.
+
+        Streams over minibatches; the posterior scales are kept only when stage 2 trains on
+        posterior samples (they would double the memory of an atlas's latents).
+        """
+        keep_scale = self.module.diffusion_target == "sample"
         self.module.eval()
         loader = self._make_data_loader(adata=self.adata, indices=indices, batch_size=1024)
         locs, scales, conds, rows = [], [], [], []
         for batch in loader:
             inf = self.module.inference(**self.module._get_inference_input(batch))
             locs.append(inf["qz"].loc.cpu())
-            scales.append(inf["qz"].scale.cpu())
+            if keep_scale:
+                scales.append(inf["qz"].scale.cpu())
             cond = self._condition_codes_from_batch(batch)
             conds.append(cond.cpu())
             cols = [cond.cpu().numpy(), inf["library"].cpu().numpy()]
             if REGISTRY_KEYS.CONT_COVS_KEY in batch:
                 cols.append(batch[REGISTRY_KEYS.CONT_COVS_KEY].cpu().numpy())
             rows.append(np.concatenate(cols, axis=1))
-        tensors = {
-            Z_LOC_KEY: torch.cat(locs),
-            Z_SCALE_KEY: torch.cat(scales),
-            COND_KEY: torch.cat(conds),
-        }
+        tensors = {Z_LOC_KEY: torch.cat(locs), COND_KEY: torch.cat(conds)}
+        if keep_scale:
+            tensors[Z_SCALE_KEY] = torch.cat(scales)
         n_cond = tensors[COND_KEY].shape[1]
         columns = [f"cond_{j}" for j in range(n_cond)] + ["log_library"]
         columns += [f"cont_{k}" for k in self.conditions_["cont_keys"]]
@@ -452,10 +690,10 @@ class SCGM(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
 
     def _fit_latent_statistics(self, tensors: dict[str, torch.Tensor]) -> None:
         """Per-dimension mean and std of the training latents (of samples, if trained on them)."""
-        loc, scale = tensors[Z_LOC_KEY], tensors[Z_SCALE_KEY]
+        loc = tensors[Z_LOC_KEY]
         var = loc.var(dim=0)
         if self.module.diffusion_target == "sample":
-            var = var + (scale**2).mean(dim=0)
+            var = var + (tensors[Z_SCALE_KEY] ** 2).mean(dim=0)
         device = self.module.latent_mean.device
         self.module.latent_mean.copy_(loc.mean(dim=0).to(device))
         # floor: dimensions the VAE ignores must not be blown up into pure noise directions
@@ -735,8 +973,16 @@ class SCGM(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         seed: int | None = 0,
         batch_size: int = 2048,
         progress_bar: bool | None = None,
-    ) -> AnnData:
+        out: str | os.PathLike | None = None,
+        overwrite: bool = False,
+    ) -> AnnData | str:
         """Generate new cells: sample latents with the reverse process and decode NB counts.
+
+        Cells are made in chunks of ``batch_size``; each chunk has its own random stream
+        derived from ``(seed, chunk index)``, so the same ``seed`` and ``batch_size`` give the
+        same cells in memory and on disk (``out=``). With ``out`` the memory use does not grow
+        with ``n`` beyond a few bytes per cell of ``obs``: chunks are appended to the file as
+        they are made, and nothing leaves the model's device except each finished chunk.
 
         Parameters
         ----------
@@ -753,13 +999,22 @@ class SCGM(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
             the same type.
         sampler, n_steps, guidance_scale, seed, batch_size, progress_bar
             See :meth:`sample_latent`; ``seed`` also fixes the drawn covariates and NB counts.
+        out
+            Write the cells to this ``.h5ad`` file instead of returning them (for millions of
+            cells). The file is written under a temporary name and renamed when complete;
+            read it with ``anndata.read_h5ad(out, backed="r")``.
+        overwrite
+            Replace an existing ``out`` file.
 
         Returns
         -------
         AnnData with ``X`` = integer NB counts (CSR, float32), ``obs`` = cell type, covariates
         and library size, ``obsm["X_scgm"]`` = latent, ``var`` = the model's genes and
-        ``uns["scgm"]`` = the generation settings.
+        ``uns["scgm"]`` = the generation settings; with ``out``, the path of the written file
+        (same content).
         """
+        if out is not None and os.path.exists(out) and not overwrite:
+            raise FileExistsError(f"{out} exists; pass overwrite=True to replace it.")
         rng = np.random.default_rng(seed)
         decoder, cond = self._resolve_conditions(n, cell_type, covariates, rng)
         if library_size is not None:
@@ -767,25 +1022,68 @@ class SCGM(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
             if np.any(lib <= 0):
                 raise ValueError("library_size must be positive.")
             decoder["log_library"] = np.log(lib)
-        z, nfe = self.sample_latent(
-            cond, sampler, n_steps, guidance_scale, seed, batch_size, progress_bar
-        )
-        X = self._decode(z, decoder, "counts", None if seed is None else seed + 1, batch_size)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}.")
+        steps = DEFAULT_STEPS[sampler] if n_steps is None else n_steps
         obs = self._obs_from_codes(cond)
         obs["library_size"] = np.exp(decoder["log_library"].to_numpy()).round()
         for key in self.conditions_["cont_keys"]:
             obs[key] = decoder[f"cont_{key}"].to_numpy()
         obs.index = [f"scgm_{i}" for i in range(len(obs))]
-        adata = AnnData(X=X, obs=obs, var=pd.DataFrame(index=self.var_names_.copy()))
-        adata.obsm["X_scgm"] = z.cpu().numpy()
-        adata.uns["scgm"] = {
-            "sampler": sampler,
-            "n_steps": DEFAULT_STEPS[sampler] if n_steps is None else n_steps,
-            "guidance_scale": guidance_scale,
-            "seed": -1 if seed is None else seed,
-            "network_evaluations_per_cell": nfe,
+        var = pd.DataFrame(index=self.var_names_.copy())
+        uns = {
+            "scgm": {
+                "sampler": sampler,
+                "n_steps": steps,
+                "guidance_scale": guidance_scale,
+                "seed": -1 if seed is None else seed,
+                "network_evaluations_per_cell": EVALS_PER_STEP[sampler]
+                * steps
+                * (1 if guidance_scale == 1.0 else 2),
+            }
         }
-        return adata
+        chunks = self._generate_chunks(
+            cond, decoder, sampler, n_steps, guidance_scale, seed, batch_size, progress_bar
+        )
+        if out is None:
+            Xs, zs = zip(*chunks, strict=True)
+            adata = AnnData(X=sp.vstack(Xs, format="csr"), obs=obs, var=var)
+            adata.obsm["X_scgm"] = np.concatenate(zs)
+            adata.uns.update(uns)
+            return adata
+        writer = H5ADStreamWriter(
+            out, len(cond), len(var), self.module.n_latent, "X_scgm", overwrite=overwrite
+        )
+        try:
+            for X, z in chunks:
+                writer.append(X, z)
+            return writer.close(obs, var, uns)
+        except BaseException:
+            writer.abort()
+            raise
+
+    def _generate_chunks(
+        self, cond, decoder, sampler, n_steps, guidance_scale, seed, batch_size, progress_bar
+    ):
+        """Yield ``(counts CSR, latents)`` per chunk of ``batch_size`` cells, each chunk with
+        its own seeds, so that the cells do not depend on how they are consumed."""
+        starts = range(0, len(cond), batch_size)
+        bar = tqdm(total=len(cond), desc=f"Generating ({sampler})", disable=_quiet(progress_bar))
+        for i, start in enumerate(starts):
+            rows = slice(start, start + batch_size)
+            z, _ = self.sample_latent(
+                cond[rows],
+                sampler,
+                n_steps,
+                guidance_scale,
+                _chunk_seed(seed, i, 0),
+                batch_size,
+                progress_bar=False,
+            )
+            X = self._decode(z, decoder.iloc[rows], "counts", _chunk_seed(seed, i, 1), batch_size)
+            bar.update(z.shape[0])
+            yield X, z.cpu().numpy()
+        bar.close()
 
     def _obs_from_codes(self, cond: np.ndarray) -> pd.DataFrame:
         obs = {}
@@ -807,12 +1105,150 @@ class SCGM(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
             else the model alone, which can generate and decode.
         **kwargs
             Passed to :meth:`scvi.model.base.BaseModelClass.load`.
+
+        Raises
+        ------
+        FileNotFoundError
+            ``dir_path`` does not exist.
+        ValueError
+            ``dir_path`` is not a complete SCGM save: no ``model.pt``, a file whose size or
+            checksum differs from the manifest written by :meth:`save`, an unreadable file, or
+            a model of another class.
         """
+        if not (kwargs.get("backup_url") and not os.path.exists(dir_path)):
+            check_model_dir(dir_path, kwargs.get("prefix"), cls.__name__)
         if adata is None and not os.path.exists(os.path.join(dir_path, "adata.h5ad")):
             adata = False
         model = super().load(dir_path, adata=adata, **kwargs)
         model.module.eval()
         return model
+
+    def save(
+        self,
+        dir_path: str,
+        prefix: str | None = None,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        **kwargs,
+    ) -> None:
+        """Save the model (both stages, generation state) to ``dir_path``, atomically.
+
+        The files are written to a temporary directory next to ``dir_path`` and moved in place
+        when complete, with a manifest of file sizes and the model file's checksum that
+        :meth:`load` verifies: an interrupted save leaves the previous model (or nothing), never
+        a half-written model that loads.
+
+        Parameters
+        ----------
+        dir_path
+            Target directory.
+        prefix
+            Prefix of the file names.
+        overwrite
+            Replace an existing save; otherwise an existing ``dir_path`` is an error.
+        save_anndata
+            Also write the registered AnnData.
+        **kwargs
+            Passed to :meth:`scvi.model.base.BaseModelClass.save`.
+        """
+        parent_save = super().save
+        atomic_save(
+            lambda tmp: parent_save(
+                tmp, prefix=prefix, overwrite=True, save_anndata=save_anndata, **kwargs
+            ),
+            dir_path,
+            prefix,
+            overwrite,
+        )
+
+    @classmethod
+    def load_query_data(
+        cls,
+        adata: AnnData,
+        reference_model: str | os.PathLike | SCGM,
+        unfrozen: bool = False,
+        **kwargs,
+    ) -> SCGM:
+        """A model for new data (a query) from a trained reference, by scArches surgery.
+
+        As :meth:`scvi.model.SCVI.load_query_data`: the query is registered with the
+        reference's setup, new batches and covariate values extend the categories, and the VAE
+        grows input weights for them (the rest is frozen unless ``unfrozen=True``). New cell
+        types are supported too: existing cell types keep their codes and embeddings, new ones
+        get new rows in the score network's label embedding (started at the "unknown" label).
+        Then fine-tune with :meth:`train_vae` and :meth:`train_diffusion` (or :meth:`train`) and
+        generate the new cell types by name.
+
+        Parameters
+        ----------
+        adata
+            Query AnnData with the reference's ``obs`` columns (cell type, batch, covariates).
+            Its genes are aligned to the reference's by name, as ``prepare_query_anndata``
+            does (missing genes become zero counts, with a warning that gives their number;
+            extra genes are dropped); the input is not modified: the model then holds an
+            aligned copy in ``model.adata``.
+        reference_model
+            Trained SCGM, or the directory of a saved one.
+        unfrozen
+            Fine-tune every VAE weight instead of scArches' new-covariate weights only (the
+            latent space then moves and stage 2 must be retrained with ``finetune="all"``).
+        **kwargs
+            Passed to :meth:`scvi.model.base.ArchesMixin.load_query_data` (``accelerator``,
+            ``device``, ``freeze_dropout``, ``freeze_expression``, ...).
+
+        Returns
+        -------
+        A new SCGM holding the query, with the reference's weights.
+        """
+        if adata is None:
+            raise ValueError("load_query_data needs the query AnnData.")
+        if isinstance(reference_model, str | os.PathLike):
+            reference_model = os.fspath(reference_model)
+            check_model_dir(reference_model, None, cls.__name__)
+        elif not isinstance(reference_model, cls):
+            raise TypeError(
+                f"reference_model must be a {cls.__name__} or the directory of a saved one, "
+                f"got {type(reference_model).__name__}."
+            )
+        attr_dict, var_names, ref_state, _ = _get_loaded_data(reference_model, device="cpu")
+        if not attr_dict.get("vae_trained_"):
+            raise ValueError("The reference model is not trained; train it before querying.")
+        setup_args = attr_dict["registry_"]["setup_args"]
+        keys = [setup_args.get("labels_key"), setup_args.get("batch_key")]
+        keys += list(setup_args.get("categorical_covariate_keys") or [])
+        keys += list(setup_args.get("continuous_covariate_keys") or [])
+        missing = [k for k in keys if k is not None and k not in adata.obs]
+        if missing:
+            raise ValueError(
+                f"The query lacks the obs columns {missing} that the reference was set up with."
+            )
+        adata = align_genes(adata, pd.Index(var_names))
+        freeze = {
+            "unfrozen": unfrozen,
+            "freeze_decoder_first_layer": kwargs.get("freeze_decoder_first_layer", True),
+            "freeze_batchnorm_encoder": kwargs.get("freeze_batchnorm_encoder", True),
+            "freeze_batchnorm_decoder": kwargs.get("freeze_batchnorm_decoder", False),
+            "freeze_dropout": kwargs.get("freeze_dropout", False),
+            "freeze_expression": kwargs.get("freeze_expression", True),
+            "freeze_classifier": kwargs.get("freeze_classifier", True),
+        }
+        model = super().load_query_data(adata, reference_model, unfrozen=unfrozen, **kwargs)
+        sizes = grow_condition_embeddings(model.module, ref_state)
+        model.conditions_ = model._condition_spec()
+        model.query_ = {
+            "condition_sizes": sizes,
+            "freeze": freeze,
+            "reference_table": attr_dict.get("condition_table_"),
+        }
+        model.diffusion_history_ = {}
+        return model
+
+
+def _chunk_seed(seed: int | None, chunk: int, stream: int) -> int | None:
+    """An independent seed per (seed, chunk, stream), e.g. stream 0 latents, 1 counts."""
+    if seed is None:
+        return None
+    return int(np.random.SeedSequence([seed, chunk, stream]).generate_state(1)[0])
 
 
 def _quiet(progress_bar: bool | None) -> bool | None:

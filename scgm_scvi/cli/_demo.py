@@ -1,14 +1,9 @@
-"""Command-line interface: ``scgm-scvi demo`` (train, generate and evaluate on PBMC 3k).
-
-Each subcommand is a ``_cmd_<name>(args) -> int`` function registered in :func:`build_parser`,
-so ``train`` / ``generate`` subcommands can be added next to ``demo``.
-"""
+"""``scgm-scvi demo``: train, generate and evaluate on the bundled PBMC 3k data."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -17,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-PROG = "scgm-scvi"
+from ._common import HelpFormatter, log, non_negative_int, positive_int, prepare_out_dir
+
 #: Epochs of the demo: SCGM's default networks on PBMC 3k in about five minutes on 2 CPU cores
 #: (about 1 s per VAE epoch and 0.4 s per score-network epoch with one torch thread).
 DEMO_MAX_EPOCHS = 100
@@ -30,43 +26,11 @@ TEST_FRACTION = 0.2
 LABELS_KEY = "cell_type"
 
 
-class CLIError(Exception):
-    """Bad input: reported as one line on stderr with exit status 2."""
-
-
-# ---------------------------------------------------------------------------------- parser
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with one sub-parser per subcommand."""
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Score-based generative modelling of single-cell counts (SCGM).",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
+def add_parser(sub) -> None:
+    """Register ``demo``."""
     demo = sub.add_parser(
         "demo",
+        formatter_class=HelpFormatter,
         help="train on 80%% of PBMC 3k, generate the held-out 20%%, plot and evaluate",
         description=(
             "Load the bundled PBMC 3k data, split it 80/20 stratified by cell type, train SCGM "
@@ -77,13 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", required=True, type=Path, help="output directory")
     demo.add_argument(
         "--max-epochs",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help=f"VAE epochs (default {DEMO_MAX_EPOCHS}; {QUICK_MAX_EPOCHS} with --quick)",
     )
     demo.add_argument(
         "--diffusion-max-epochs",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help=(
             f"score-network epochs (default {DEMO_DIFFUSION_MAX_EPOCHS}; "
@@ -92,14 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--n-cells",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="cells to generate, split over types as in the test set (default: test-set size)",
     )
-    demo.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
+    demo.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
     demo.add_argument(
         "--threads",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=1,
         help=(
             "torch CPU threads (default 1: on a shared or busy CPU more threads can be many "
@@ -114,56 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a few epochs and small networks: checks the pipeline in seconds (poor model)",
     )
-    demo.set_defaults(func=_cmd_demo)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 success, 1 failure, 2 bad input).
-
-    Parameters
-    ----------
-    argv
-        Arguments without the program name; default ``sys.argv[1:]``.
-    """
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse already printed usage and a one-line reason
-        return int(exc.code or 0)
-    try:
-        return int(args.func(args) or 0)
-    except CLIError as exc:
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - one line for the user, not a traceback
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"{PROG} {args.command}: error: {type(exc).__name__}: {reason}", file=sys.stderr)
-        return 1
-
-
-# ---------------------------------------------------------------------------------- helpers
-def _version() -> str:
-    from scgm_scvi import __version__
-
-    return __version__
-
-
-def _log(message: str) -> None:
-    print(f"[{PROG}] {message}", flush=True)
-
-
-def _prepare_out_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {str(out)!r} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise CLIError(
-            f"--out {str(out)!r} is not empty; pass --overwrite or choose another directory"
-        )
-    out.mkdir(parents=True, exist_ok=True)
+    demo.set_defaults(func=run)
 
 
 def stratified_split(
@@ -329,9 +244,10 @@ def _write_metrics(real, generated, path: Path, info: dict, seed: int) -> pd.Dat
 
 
 # ---------------------------------------------------------------------------------- demo
-def _cmd_demo(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Run ``scgm-scvi demo``."""
     out: Path = args.out
-    _prepare_out_dir(out, args.overwrite)
+    prepare_out_dir(out, args.overwrite)
     max_epochs = args.max_epochs or (QUICK_MAX_EPOCHS if args.quick else DEMO_MAX_EPOCHS)
     diffusion_max_epochs = args.diffusion_max_epochs or (
         QUICK_DIFFUSION_MAX_EPOCHS if args.quick else DEMO_DIFFUSION_MAX_EPOCHS
@@ -351,19 +267,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     scvi.settings.seed = args.seed
 
-    _log("loading PBMC 3k (bundled)")
+    log("loading PBMC 3k (bundled)")
     adata = scgm_scvi.data.pbmc3k()
     train_idx, test_idx = stratified_split(adata.obs[LABELS_KEY], TEST_FRACTION, args.seed)
     train = adata[train_idx].copy()
     test = adata[test_idx].copy()
-    _log(
+    log(
         f"{adata.n_obs} cells x {adata.n_vars} genes; stratified split: {train.n_obs} train, "
         f"{test.n_obs} test (seed {args.seed})"
     )
 
     scgm_scvi.SCGM.setup_anndata(train, labels_key=LABELS_KEY)
     model = scgm_scvi.SCGM(train, **(QUICK_MODEL if args.quick else {}))
-    _log(
+    log(
         f"training SCGM: VAE {max_epochs} epochs, then score network {diffusion_max_epochs} "
         "epochs (early stopping on)"
     )
@@ -373,28 +289,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         warnings.filterwarnings("ignore", message=".*logging interval.*")
         model.train_vae(max_epochs=max_epochs, enable_progress_bar=False)
         t_vae = time.perf_counter() - t0
-        _log(f"VAE done in {t_vae:.0f} s ({len(model.history['train_loss'])} epochs)")
+        log(f"VAE done in {t_vae:.0f} s ({len(model.history['train_loss'])} epochs)")
         model.train_diffusion(max_epochs=diffusion_max_epochs, enable_progress_bar=False)
     train_s = time.perf_counter() - t0
     n_diff = len(model.diffusion_history_.get("train_loss", []))
-    _log(f"score network done in {train_s - t_vae:.0f} s ({n_diff} epochs)")
+    log(f"score network done in {train_s - t_vae:.0f} s ({n_diff} epochs)")
 
     test_counts = test.obs[LABELS_KEY].value_counts()
     test_counts = test_counts[test_counts > 0]
     total = args.n_cells or int(test_counts.sum())
     sizes = split_counts(test_counts, total)
-    _log(f"generating {total} cells over {len(sizes)} cell types")
+    log(f"generating {total} cells over {len(sizes)} cell types")
     t0 = time.perf_counter()
     generated = model.generate(n=None, cell_type=sizes, seed=args.seed, progress_bar=False)
     generate_s = time.perf_counter() - t0
     generated.write_h5ad(out / "generated.h5ad")
-    _log(f"wrote {out / 'generated.h5ad'} ({generate_s:.1f} s)")
+    log(f"wrote {out / 'generated.h5ad'} ({generate_s:.1f} s)")
 
-    _log("joint UMAP of real test and generated cells")
+    log("joint UMAP of real test and generated cells")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _plot_umap(test, generated, out / "umap_real_vs_generated.png", args.seed)
-    _log(f"wrote {out / 'umap_real_vs_generated.png'}")
+    log(f"wrote {out / 'umap_real_vs_generated.png'}")
 
     info = {
         "n_train": train.n_obs,
@@ -405,10 +321,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "generate_s": generate_s,
     }
     _write_metrics(test, generated, out / "metrics.md", info, args.seed)
-    _log(f"wrote {out / 'metrics.md'}")
-    _log(f"done in {time.perf_counter() - start:.0f} s")
+    log(f"wrote {out / 'metrics.md'}")
+    log(f"done in {time.perf_counter() - start:.0f} s")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,234 @@
+"""``scgm-scvi train``: fit SCGM on the counts of an ``.h5ad`` (or ``.h5mu``) file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ._common import (
+    CLIError,
+    HelpFormatter,
+    add_overwrite_option,
+    add_runtime_options,
+    check_counts,
+    check_keys,
+    device_kwargs,
+    log,
+    non_negative_int,
+    positive_int,
+    prepare_out_dir,
+    quiet_warnings,
+    read_cells,
+    rna_view,
+    setup_runtime,
+    show_progress,
+    user_error,
+)
+
+#: written next to the model: what was trained on what, for ``generate`` / ``edit`` and users
+SUMMARY_FILE = "scgm_train.json"
+
+
+def add_parser(sub) -> None:
+    """Register ``train``."""
+    p = sub.add_parser(
+        "train",
+        formatter_class=HelpFormatter,
+        help="train SCGM on an .h5ad file of raw counts and save the model directory",
+        description=(
+            "Train SCGM (stage 1: scVI's NB-VAE; stage 2: the conditional latent score model) on "
+            "the raw counts of INPUT and save the model to --out, a directory that "
+            "'scgm-scvi generate' and 'scgm-scvi edit' read (and SCGM.load in Python). "
+            "The training data is not saved with the model."
+        ),
+    )
+    p.add_argument(
+        "input",
+        metavar="INPUT",
+        type=Path,
+        help="raw counts: an .h5ad file (or .h5mu, see --modality)",
+    )
+    p.add_argument("--out", required=True, type=Path, help="model directory to write")
+    data = p.add_argument_group("data (keys are columns of obs)")
+    data.add_argument(
+        "--labels-key",
+        default=None,
+        help="cell-type column; generation and editing are conditioned on it (recommended)",
+    )
+    data.add_argument("--batch-key", default=None, help="batch column (e.g. sample or donor)")
+    data.add_argument(
+        "--covariate",
+        "--categorical-covariate",
+        dest="categorical_covariates",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help=(
+            "categorical covariate column to condition on, e.g. a perturbation or condition "
+            "that 'edit --target KEY=VALUE' can change; repeat for several"
+        ),
+    )
+    data.add_argument(
+        "--continuous-covariate",
+        dest="continuous_covariates",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="numerical covariate column given to the decoder (e.g. percent_mito); repeatable",
+    )
+    data.add_argument(
+        "--layer",
+        default=None,
+        help="layer with the raw counts (default: X); normalised or log data is refused",
+    )
+    data.add_argument(
+        "--modality",
+        default=None,
+        help="for .h5mu input: the RNA modality (default 'rna', or the only one); obs keys are "
+        "read from the MuData's obs, else from the modality's",
+    )
+    fit = p.add_argument_group("training")
+    fit.add_argument(
+        "--max-epochs",
+        type=positive_int,
+        default=None,
+        help="VAE epochs (default: scVI's heuristic, 400 for up to 20,000 cells, fewer above)",
+    )
+    fit.add_argument(
+        "--diffusion-max-epochs",
+        type=positive_int,
+        default=None,
+        help="score-network epochs (default: about 10,000 steps, between 100 and 2,000 epochs)",
+    )
+    fit.add_argument(
+        "--batch-size", type=positive_int, default=128, help="VAE minibatch (default 128)"
+    )
+    fit.add_argument(
+        "--no-early-stopping",
+        dest="early_stopping",
+        action="store_false",
+        help="train the VAE for all --max-epochs (default: stop when validation ELBO stalls)",
+    )
+    net = p.add_argument_group("networks")
+    net.add_argument("--n-latent", type=positive_int, default=256, help="latent size (256)")
+    net.add_argument("--n-hidden", type=positive_int, default=512, help="VAE width (512)")
+    net.add_argument("--n-layers", type=positive_int, default=2, help="VAE layers (2)")
+    net.add_argument("--score-width", type=positive_int, default=256, help="score width (256)")
+    net.add_argument(
+        "--score-blocks", type=non_negative_int, default=4, help="score residual blocks (4)"
+    )
+    add_runtime_options(p)
+    add_overwrite_option(p, "non-empty --out directory")
+    p.set_defaults(func=run)
+
+
+def _locate_keys(mdata, modality: str, keys: dict[str, list[str]]) -> dict[str, str]:
+    """``setup_mudata``'s ``modalities``: each key from ``mdata.obs``, else the modality's."""
+    modalities = {"rna_layer": modality}
+    for arg, names in keys.items():
+        in_mod = [k for k in names if k not in mdata.obs and k in mdata.mod[modality].obs]
+        if in_mod and len(in_mod) != len(names):
+            raise CLIError(
+                f"the {arg} {names} are split between the MuData's obs and {modality!r}'s obs; "
+                "put them in one place"
+            )
+        if in_mod:
+            modalities[arg] = modality
+    return modalities
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``scgm-scvi train``."""
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {str(out)!r} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise CLIError(
+            f"--out {str(out)!r} is not empty; pass --overwrite or choose another directory"
+        )
+    data, modality = read_cells(args.input, "INPUT", args.modality)
+    cells = rna_view(data, modality)
+    option_of = {args.labels_key: "--labels-key", args.batch_key: "--batch-key"}
+    option_of.update({k: "--covariate" for k in args.categorical_covariates})
+    option_of.update({k: "--continuous-covariate" for k in args.continuous_covariates})
+    keys = [args.labels_key, args.batch_key, *args.categorical_covariates]
+    check_keys(cells, keys + args.continuous_covariates, option_of, "INPUT")
+    check_counts(cells, args.layer, "INPUT")
+    if cells.n_obs < 10:
+        raise CLIError(f"INPUT has {cells.n_obs} cells; SCGM needs at least 10 to train")
+    if args.labels_key is None:
+        log("no --labels-key: generation cannot be conditioned on cell type")
+
+    setup_runtime(args)
+    import scgm_scvi
+
+    setup = {
+        "labels_key": args.labels_key,
+        "batch_key": args.batch_key,
+        "categorical_covariate_keys": args.categorical_covariates or None,
+        "continuous_covariate_keys": args.continuous_covariates or None,
+    }
+    try:
+        with quiet_warnings():
+            if modality is None:
+                scgm_scvi.SCGM.setup_anndata(data, layer=args.layer, **setup)
+            else:
+                names = {k: [v] if isinstance(v, str) else list(v or []) for k, v in setup.items()}
+                modalities = _locate_keys(data, modality, names)
+                scgm_scvi.SCGM.setup_mudata(
+                    data, rna_layer=args.layer, modalities=modalities, **setup
+                )
+            model = scgm_scvi.SCGM(
+                data,
+                n_latent=args.n_latent,
+                n_hidden=args.n_hidden,
+                n_layers=args.n_layers,
+                score_width=args.score_width,
+                score_blocks=args.score_blocks,
+            )
+    except (ValueError, KeyError) as exc:
+        raise user_error(exc) from None
+    n_cells, n_genes = cells.n_obs, cells.n_vars
+    del cells
+    log(f"{n_cells} cells x {n_genes} genes from {args.input}")
+    progress = show_progress(args)
+    fit = {**device_kwargs(args), "enable_progress_bar": progress}
+    t0 = time.perf_counter()
+    log("training stage 1 (VAE)")
+    with quiet_warnings():
+        model.train_vae(
+            max_epochs=args.max_epochs,
+            batch_size=args.batch_size,
+            early_stopping=args.early_stopping,
+            **fit,
+        )
+    t_vae = time.perf_counter() - t0
+    vae_epochs = len(model.history["train_loss"]) if model.history else 0
+    log(f"VAE done in {t_vae:.0f} s ({vae_epochs} epochs)")
+    log("training stage 2 (score network)")
+    with quiet_warnings():
+        model.train_diffusion(max_epochs=args.diffusion_max_epochs, **fit)
+    t_all = time.perf_counter() - t0
+    n_diff = len(model.diffusion_history_.get("train_loss", []))
+    log(f"score network done in {t_all - t_vae:.0f} s ({n_diff} epochs)")
+
+    prepare_out_dir(out, args.overwrite)
+    model.save(str(out), overwrite=True, save_anndata=False)
+    columns = model.conditions_["columns"]
+    summary = {
+        "input": str(args.input),
+        "modality": modality,
+        "n_cells": n_cells,
+        "n_genes": n_genes,
+        "setup": {"layer": args.layer, **setup},
+        "conditions": {c["key"]: c["categories"] for c in columns if c.get("registered", True)},
+        "vae_epochs": vae_epochs,
+        "diffusion_epochs": n_diff,
+        "train_seconds": round(t_all, 1),
+        "seed": args.seed,
+    }
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    log(f"wrote the model to {out}/ ({t_all:.0f} s of training)")
+    return 0

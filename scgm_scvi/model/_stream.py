@@ -1,0 +1,114 @@
+"""Write generated cells straight to an ``.h5ad`` file, chunk by chunk, in bounded memory."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata.io import sparse_dataset, write_elem
+
+
+class H5ADStreamWriter:
+    """Append CSR row blocks and latent rows to a new ``.h5ad`` file, then add ``obs``/``var``.
+
+    The file is written under a temporary name in the same directory and renamed into place by
+    :meth:`close`, so an interrupted run never leaves a file that looks complete. Memory holds
+    one chunk at a time (``obs`` is written once at the end; it is a few bytes per cell).
+
+    Parameters
+    ----------
+    path
+        Target ``.h5ad`` path.
+    n_obs, n_vars
+        Final shape of ``X`` (``n_obs`` rows must be appended in total).
+    latent_dim
+        Width of ``obsm[latent_key]`` (0: no latent is written).
+    latent_key
+        ``obsm`` key of the latents.
+    overwrite
+        Replace an existing file.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        n_obs: int,
+        n_vars: int,
+        latent_dim: int = 0,
+        latent_key: str = "X_scgm",
+        overwrite: bool = False,
+    ):
+        self.path = os.path.abspath(os.fspath(path))
+        if os.path.exists(self.path) and not overwrite:
+            raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it.")
+        parent = os.path.dirname(self.path)
+        os.makedirs(parent, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(
+            prefix=f".{os.path.basename(self.path)}.", suffix=".partial", dir=parent
+        )
+        os.close(fd)
+        self.n_obs, self.n_vars = int(n_obs), int(n_vars)
+        self.rows = 0
+        self.file = h5py.File(self.tmp, "w")
+        self._x = None
+        self._latent = None
+        if latent_dim:
+            write_elem(self.file, "obsm", {})
+            self._latent = self.file["obsm"].create_dataset(
+                latent_key, shape=(self.n_obs, latent_dim), dtype=np.float32
+            )
+            self._latent.attrs["encoding-type"] = "array"
+            self._latent.attrs["encoding-version"] = "0.2.0"
+
+    def append(self, X: sp.csr_matrix, latent: np.ndarray | None = None) -> None:
+        """Append a block of rows (CSR counts and, if configured, their latents)."""
+        X = sp.csr_matrix(X)
+        if X.shape[1] != self.n_vars:
+            raise ValueError(f"Expected {self.n_vars} columns, got {X.shape[1]}.")
+        n = X.shape[0]
+        if self.rows + n > self.n_obs:
+            raise ValueError(f"More than the announced {self.n_obs} rows.")
+        if self._x is None:
+            write_elem(self.file, "X", X)  # anndata makes the arrays resizable
+            self._x = sparse_dataset(self.file["X"])
+        else:
+            self._x.append(X)
+        if self._latent is not None:
+            self._latent[self.rows : self.rows + n] = np.asarray(latent, dtype=np.float32)
+        self.rows += n
+
+    def close(self, obs: pd.DataFrame, var: pd.DataFrame, uns: dict | None = None) -> str:
+        """Write ``obs``, ``var`` and ``uns``, then rename the file into place.
+
+        Returns
+        -------
+        The final path.
+        """
+        if self.rows != self.n_obs:
+            raise ValueError(f"{self.rows} rows were written, {self.n_obs} announced.")
+        if self._x is None:  # no cells: an empty CSR matrix
+            write_elem(self.file, "X", sp.csr_matrix((0, self.n_vars), dtype=np.float32))
+        if self._latent is None:
+            write_elem(self.file, "obsm", {})
+        write_elem(self.file, "obs", obs)
+        write_elem(self.file, "var", var)
+        for key in ("layers", "obsp", "varm", "varp"):
+            write_elem(self.file, key, {})
+        write_elem(self.file, "uns", dict(uns or {}))
+        self.file.attrs["encoding-type"] = "anndata"
+        self.file.attrs["encoding-version"] = "0.1.0"
+        self.file.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Close and delete the partial file."""
+        try:
+            self.file.close()
+        finally:
+            if os.path.exists(self.tmp):
+                os.remove(self.tmp)

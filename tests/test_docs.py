@@ -1,0 +1,74 @@
+"""The documentation builds offline with warnings as errors (notebooks are not executed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+
+pytest.importorskip("sphinx", reason="docs extra not installed: pip install -e '.[docs]'")
+pytest.importorskip("myst_nb", reason="docs extra not installed: pip install -e '.[docs]'")
+pytest.importorskip("sphinxcontrib.bibtex", reason="docs extra not installed")
+pytest.importorskip("sphinx_autodoc_typehints", reason="docs extra not installed")
+
+
+@pytest.fixture(scope="module")
+def html(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("docs_html")
+    env = {
+        **os.environ,
+        "SCGM_DOCS_OFFLINE": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONWARNINGS": "ignore",
+    }
+    cmd = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html"]
+    cmd += ["-d", str(out / ".doctrees"), str(DOCS), str(out)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"sphinx-build -W failed:\n{result.stderr[-5000:]}"
+    return out
+
+
+def test_pages(html):
+    for page in ("index", "installation", "concepts", "cli", "mudata", "api", "tutorials"):
+        assert (html / f"{page}.html").is_file(), page
+    for page in ("citations", "changelog"):
+        assert (html / f"{page}.html").is_file(), page
+
+
+def test_api_reference_covers_the_public_api(html):
+    import inspect
+
+    import scgm_scvi
+
+    generated = html / "generated"
+    assert (generated / "scgm_scvi.SCGM.html").is_file()
+    assert (generated / "scgm_scvi.SCGEditor.html").is_file()
+    for name in ("metrics", "pl", "data", "sde", "samplers", "module", "cli"):
+        module = getattr(scgm_scvi, name, None) or __import__(f"scgm_scvi.{name}", fromlist=["x"])
+        for obj in module.__all__:
+            if inspect.isclass(getattr(module, obj)) or inspect.isfunction(getattr(module, obj)):
+                assert (generated / f"scgm_scvi.{name}.{obj}.html").is_file(), f"{name}.{obj}"
+    scgm = (generated / "scgm_scvi.SCGM.html").read_text()
+    assert "setup_mudata" in scgm and "generate" in scgm
+
+
+def test_citations_and_changelog(html):
+    text = (html / "citations.html").read_text()
+    for key in ("2011.13456", "2108.01073", "2310.06150", "Lopez", "scGen"):
+        assert key in text, key
+    assert "Unreleased" in (html / "changelog.html").read_text()
+
+
+def test_tutorials_are_rendered(html):
+    notebooks = sorted((ROOT / "tutorials").glob("*.ipynb"))
+    assert notebooks, "no tutorial notebooks in tutorials/"
+    for nb in notebooks:
+        page = html / "tutorials" / f"{nb.stem}.html"
+        assert page.is_file(), page
