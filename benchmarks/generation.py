@@ -277,6 +277,9 @@ def main(argv=None):
         "",
         "## Sampling speed (this machine)",
         "",
+        f"Load average at the end of the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
+        "CPUs; on a shared machine these wall times are inflated (see `benchmarks/speed.py`).",
+        "",
         speed_summary.to_markdown(floatfmt=".3g"),
         "",
         "## Per cell type (mean over seeds)",
