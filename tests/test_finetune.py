@@ -5,9 +5,12 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
+import scvi
 import torch
+from anndata import AnnData
 from conftest import FIT, TINY, make_adata
 
 import scgm_scvi
@@ -34,8 +37,10 @@ def _emb(model, j=0):
 
 
 def test_query_new_label_and_batch(reference):
+    """The frozen surgery (scArches): only new categories learn; explicit for a new label."""
     ref, query = reference
-    q = scgm_scvi.SCGM.load_query_data(query, ref)
+    with pytest.warns(UserWarning, match="cell types the reference lacks"):
+        q = scgm_scvi.SCGM.load_query_data(query, ref, unfrozen=False)
     labels = q.conditions_["columns"][0]["categories"]
     batches = q.conditions_["columns"][1]["categories"]
     # existing categories keep their codes, new ones are appended
@@ -82,13 +87,16 @@ def test_query_new_label_and_batch(reference):
 def test_query_from_saved_dir_and_roundtrip(reference, tmp_path):
     ref, query = reference
     ref.save(tmp_path / "ref")
-    q = scgm_scvi.SCGM.load_query_data(query, str(tmp_path / "ref"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = scgm_scvi.SCGM.load_query_data(query, str(tmp_path / "ref"), unfrozen=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         q.train_diffusion(max_epochs=3, **FIT)
     q.save(tmp_path / "query")
     loaded = scgm_scvi.SCGM.load(str(tmp_path / "query"))
     assert loaded.query_["condition_sizes"] == [2, 2]
+    assert loaded.query_["freeze"]["unfrozen"] is False
     a = q.generate(n=10, cell_type="label_2", seed=3)
     b = loaded.generate(n=10, cell_type="label_2", seed=3)
     np.testing.assert_array_equal(a.X.toarray(), b.X.toarray())
@@ -142,9 +150,90 @@ def test_query_errors(reference):
     known = make_adata()
     known = known[known.obs["labels"] == "label_0"].copy()
     q = scgm_scvi.SCGM.load_query_data(known, ref)
+    assert q.query_["freeze"]["unfrozen"] is False  # no new cell type: frozen surgery
     with pytest.raises(ValueError, match="no new cell type"):
         q.train_diffusion(max_epochs=1, **FIT)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         q.train_diffusion(max_epochs=1, finetune="all", **FIT)
     assert q.diffusion_trained_
+    # after an unfrozen VAE fine-tuning, training only the new embeddings is an error
+    with pytest.warns(UserWarning, match="lacks 2 of the reference's cell types"):
+        u = scgm_scvi.SCGM.load_query_data(query, ref)
+    assert u.query_["freeze"]["unfrozen"] is True  # the default for a new cell type
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        u.train_vae(max_epochs=1, **FIT)
+    with pytest.raises(ValueError, match="finetune='all'"):
+        u.train_diffusion(max_epochs=1, finetune="new_conditions", **FIT)
+    with pytest.raises(ValueError, match="finetune must be"):
+        u.train_diffusion(max_epochs=1, finetune="some", **FIT)
+
+
+def _marker_adata(seed: int = 0, n_per_label: int = 120, n_genes: int = 60) -> AnnData:
+    """Counts with 3 labels; each label has 10 marker genes of its own (20x expression)."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(["label_0", "label_1", "label_2"], n_per_label)
+    rate = np.full((len(labels), n_genes), 1.0)
+    for k in range(3):
+        rate[labels == f"label_{k}", 10 * k : 10 * k + 10] = 20.0
+    rate *= rng.lognormal(0.0, 0.3, size=(len(labels), 1))  # library size
+    X = rng.poisson(rate).astype(np.float32)
+    adata = AnnData(
+        X=sp.csr_matrix(X),
+        obs=pd.DataFrame({"labels": labels}, index=[f"c{i}" for i in range(len(labels))]),
+    )
+    adata.var_names = [f"g{j}" for j in range(n_genes)]
+    return adata
+
+
+def test_new_cell_type_recommended_path():
+    """New cell type: reference + new cells, unfrozen VAE, score network warm-started."""
+    scvi.settings.seed = 0
+    full = _marker_adata()
+    ref_data = full[full.obs["labels"] != "label_2"].copy()
+    scgm_scvi.SCGM.setup_anndata(ref_data, labels_key="labels")
+    ref = scgm_scvi.SCGM(ref_data, **TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref.train_vae(max_epochs=100, early_stopping=False, **FIT)
+        ref.train_diffusion(max_epochs=100, **FIT)
+        q = scgm_scvi.SCGM.load_query_data(full, ref)  # reference cells + the new ones
+        assert q.query_["freeze"]["unfrozen"] is True
+        q.train_vae(max_epochs=30, early_stopping=False, **FIT)
+        assert not q.diffusion_trained_  # the latent space moved
+        for name, p in q.module.score_net.named_parameters():  # VAE training left it alone
+            if "condition_embedding" not in name:
+                torch.testing.assert_close(p, ref.module.score_net.get_parameter(name))
+        # stage 2 warm-starts from the reference's score network (lr 0: nothing moves)
+        q.train_diffusion(max_epochs=1, plan_kwargs={"lr": 0.0}, **FIT)
+        for name, p in q.module.score_net.named_parameters():
+            if "condition_embedding" not in name:
+                torch.testing.assert_close(p, ref.module.score_net.get_parameter(name))
+        q.train_diffusion(max_epochs=50, **FIT)  # default: finetune="all"
+        # the frozen path (scArches surgery, new embedding only) for contrast
+        frozen = scgm_scvi.SCGM.load_query_data(full, ref, unfrozen=False)
+        frozen.train_diffusion(max_epochs=50, **FIT)
+    assert any(
+        not torch.equal(p, ref.module.score_net.get_parameter(n))
+        for n, p in q.module.score_net.named_parameters()
+        if "condition_embedding" not in n
+    )
+    # generated new-type cells lie next to the real new-type cells in latent space
+    z = q.get_latent_representation()
+    centroids = np.stack(
+        [z[(full.obs["labels"] == f"label_{k}").to_numpy()].mean(0) for k in range(3)]
+    )
+    g = q.generate(n=60, cell_type="label_2", seed=0, progress_bar=False)
+    dist = ((g.obsm["X_scgm"][:, None, :] - centroids[None]) ** 2).sum(-1)
+    assert (dist.argmin(1) == 2).mean() >= 0.7
+    # and express the new type's marker genes, which the reference never saw
+    X = g.X.toarray()
+    assert X[:, 20:30].mean() > 2 * X[:, :20].mean()
+    # which the reference's frozen VAE cannot decode: the frozen path fails on them
+    Xf = frozen.generate(n=60, cell_type="label_2", seed=0, progress_bar=False).X.toarray()
+    assert Xf[:, 20:30].mean() < 0.3 * X[:, 20:30].mean()
+    # the reference's types are still generated as themselves
+    old = q.generate(n=60, cell_type="label_0", seed=0, progress_bar=False)
+    dist = ((old.obsm["X_scgm"][:, None, :] - centroids[None]) ** 2).sum(-1)
+    assert (dist.argmin(1) == 0).mean() >= 0.7

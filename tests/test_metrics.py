@@ -451,3 +451,20 @@ def test_edit_metrics_known_answers():
         assert_unchanged(a, before[k])
     with pytest.raises(ValueError, match="not in the shared genes"):
         M.r2_mean(pred, stim, ["nope"])
+
+
+def test_metrics_keep_the_callers_torch_threads():
+    """numba / scikit-learn thread pools must not change torch's thread count behind the
+    caller's back (it made later training 20x slower on a busy 2-core machine)."""
+    import torch
+
+    import scgm_scvi
+
+    adata = scgm_scvi.data.pbmc3k()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        M.label_agreement(adata[:1000], adata[1000:1300], "cell_type")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

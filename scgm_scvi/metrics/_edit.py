@@ -21,6 +21,7 @@ from ._utils import (
     check_counts,
     col_mean_var,
     get_matrix,
+    keep_torch_threads,
     log1p_cp10k,
     to_dense,
 )
@@ -194,6 +195,7 @@ def top_degs_lognorm(
     return [str(g) for g in df["names"].iloc[:n]]
 
 
+@keep_torch_threads()
 def evaluate_edit(
     edited: AnnData,
     real_target: AnnData,

@@ -18,6 +18,7 @@ from ._utils import (
     check_adata,
     check_counts,
     get_matrix,
+    keep_torch_threads,
     log1p_cp10k,
     to_dense,
 )
@@ -108,6 +109,7 @@ class ReferenceEmbedding:
         return self.genes.get_indexer(self.hvg)
 
 
+@keep_torch_threads()
 def reference_embedding(
     real: AnnData,
     generated: AnnData | None = None,
@@ -215,6 +217,11 @@ def select_hvg(
     if n_top_genes < 1:
         raise ValueError(f"`n_top_genes` must be positive or None, got {n_top_genes}.")
     tmp = AnnData(X, var=pd.DataFrame(index=pd.Index(genes, dtype=str)))
+    with keep_torch_threads():
+        return _seurat_hvg(tmp, n_top_genes, flavor)
+
+
+def _seurat_hvg(tmp: AnnData, n_top_genes: int, flavor: str) -> np.ndarray:
     # scanpy's loess fit of seurat_v3 sometimes fails on a near-singular system
     # ("reciprocal condition number"); a slightly wider span fixes it.
     for span in _LOESS_SPANS:

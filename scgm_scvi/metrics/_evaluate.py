@@ -31,6 +31,7 @@ from ._utils import (
     col_mean_var,
     get_labels,
     get_matrix,
+    keep_torch_threads,
     log1p_cp10k,
     ordered_groups,
     to_dense,
@@ -45,6 +46,7 @@ _NEEDS_TRAIN = ("label_agreement", "novelty")
 _COLUMNS = ["group", "metric", "value", "protocol"]
 
 
+@keep_torch_threads()
 def evaluate(
     real: AnnData,
     generated: AnnData,

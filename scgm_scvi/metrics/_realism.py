@@ -27,6 +27,7 @@ from ._utils import (
     col_mean_var,
     get_labels,
     get_matrix,
+    keep_torch_threads,
     library_size,
     log1p_cp10k,
     ordered_groups,
@@ -43,6 +44,7 @@ ALL = "all"
 # --------------------------------------------------------------------------------------------
 
 
+@keep_torch_threads()
 def discriminator_auc(
     real_X: np.ndarray,
     gen_X: np.ndarray,
@@ -283,6 +285,7 @@ def library_size_stats(Xr: Matrix, Xg: Matrix) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------
 
 
+@keep_torch_threads()
 def label_agreement(
     real_train: AnnData,
     generated: AnnData,
@@ -386,6 +389,7 @@ class LabelClassifier:
 # --------------------------------------------------------------------------------------------
 
 
+@keep_torch_threads()
 def novelty(
     train: AnnData,
     test: AnnData,

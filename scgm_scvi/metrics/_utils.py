@@ -8,17 +8,33 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
+import torch
 from anndata import AnnData
 
 #: Target library size of the CP10k normalisation used by every protocol.
 TARGET_SUM = 1e4
 
 Matrix = np.ndarray | sp.csr_matrix
+
+
+@contextmanager
+def keep_torch_threads():
+    """Restore torch's intra-op thread count afterwards (also usable as a decorator).
+
+    numba (scanpy's HVG selection) and scikit-learn's thread-pool limits reset the OpenMP pool
+    that torch shares, which silently changed the caller's torch threads (measured: 1 -> 2
+    after ``label_agreement``, and 20x slower training on a busy 2-core machine)."""
+    n_threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n_threads)
 
 
 def check_adata(adata: AnnData, name: str) -> None:

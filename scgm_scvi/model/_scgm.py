@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -425,9 +426,12 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
     ):
         """Train stage 1, the NB-VAE, exactly as :meth:`scvi.model.SCVI.train` does.
 
-        After :meth:`load_query_data` this fine-tunes the reference VAE with scArches' freezing
-        (only the weights of new batches and covariates learn, unless ``unfrozen=True`` was
-        passed there); the score network stays valid for the reference's cell types.
+        After :meth:`load_query_data` this fine-tunes the reference VAE. With scArches' freezing
+        (``unfrozen=False``, the default for queries without new cell types) only the weights
+        of new batches and covariates learn and the score network stays valid. Unfrozen (the
+        default for queries with new cell types) every VAE weight learns from the reference's
+        values; the latent space moves, so :meth:`train_diffusion` must follow (it then
+        fine-tunes the whole score network from the reference's weights).
 
         Parameters
         ----------
@@ -505,7 +509,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         early_stopping_patience: int = 50,
         plan_kwargs: dict | None = None,
         indices: Sequence[int] | None = None,
-        finetune: Literal["new_conditions", "all"] = "new_conditions",
+        finetune: Literal["new_conditions", "all"] | None = None,
         checkpoint_dir: str | None = None,
         resume: bool = False,
         checkpoint_every_n_epochs: int = 1,
@@ -541,11 +545,14 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         indices
             Cells of the registered AnnData to train on (default: all).
         finetune
-            Only for a model made by :meth:`load_query_data`: ``"new_conditions"`` (default)
-            learns only the embeddings of the categories the reference did not have (new cell
-            types, batches, covariate values), so generation of the reference's cell types is
-            unchanged; ``"all"`` fine-tunes the whole score network on the query (which can
-            forget reference cell types that the query lacks).
+            Only for a model made by :meth:`load_query_data`. ``"new_conditions"`` learns only
+            the embeddings of the categories the reference did not have (new batches, covariate
+            values), so generation of the reference's cell types is unchanged; valid only while
+            the VAE is the reference's (frozen surgery). ``"all"`` fine-tunes the whole score
+            network, starting from the reference's weights (it can forget reference cell
+            types that the query lacks). ``None`` (default): ``"all"`` if the query model was
+            loaded with ``unfrozen=True`` (the default for new cell types), else
+            ``"new_conditions"``.
         checkpoint_dir, resume, checkpoint_every_n_epochs
             As in :meth:`train_vae`, in ``checkpoint_dir/diffusion/``. A resumed run loads the
             checkpoint's weights before encoding the cells, so its latents match the run that
@@ -554,8 +561,18 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             Passed to :class:`~scvi.train.Trainer` (e.g. ``strategy``).
         """
         self._require_data()
-        if finetune not in ("new_conditions", "all"):
-            raise ValueError(f"finetune must be 'new_conditions' or 'all', got {finetune!r}.")
+        if finetune not in (None, "new_conditions", "all"):
+            raise ValueError(
+                f"finetune must be None, 'new_conditions' or 'all', got {finetune!r}."
+            )
+        unfrozen = self.query_ is not None and bool(self.query_["freeze"].get("unfrozen"))
+        if finetune is None:
+            finetune = "all" if unfrozen else "new_conditions"
+        if unfrozen and finetune == "new_conditions" and not self.diffusion_trained_:
+            raise ValueError(
+                "The VAE was fine-tuned unfrozen, so the latent space moved and the whole score "
+                "network must be fine-tuned: pass finetune='all' (the default here)."
+            )
         stage_dir, finished = stage_checkpoint(
             checkpoint_dir, "diffusion", resume, checkpoint_every_n_epochs, trainer_kwargs
         )
@@ -1166,18 +1183,34 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         cls,
         adata: AnnData,
         reference_model: str | os.PathLike | SCGM,
-        unfrozen: bool = False,
+        unfrozen: bool | None = None,
         **kwargs,
     ) -> SCGM:
         """A model for new data (a query) from a trained reference, by scArches surgery.
 
         As :meth:`scvi.model.SCVI.load_query_data`: the query is registered with the
         reference's setup, new batches and covariate values extend the categories, and the VAE
-        grows input weights for them (the rest is frozen unless ``unfrozen=True``). New cell
-        types are supported too: existing cell types keep their codes and embeddings, new ones
-        get new rows in the score network's label embedding (started at the "unknown" label).
-        Then fine-tune with :meth:`train_vae` and :meth:`train_diffusion` (or :meth:`train`) and
-        generate the new cell types by name.
+        grows input weights for them. Existing cell types keep their codes and embeddings, new
+        ones get new rows in the score network's label embedding (started at the "unknown"
+        label). Then fine-tune with :meth:`train_vae` and :meth:`train_diffusion` (or
+        :meth:`train`) and generate the new cell types by name.
+
+        Two cases (see ``docs/scaling.md``):
+
+        - **New batches of known cell types**: scArches' frozen surgery (``unfrozen=False``,
+          the default when the query has no new cell type). Only the new batches' weights
+          learn, the latent space stays the reference's, and ``train_diffusion`` learns only
+          the new categories' embeddings.
+        - **New cell types**: a frozen VAE never learned their genes and cannot encode or decode
+          them (``benchmarks/results/finetune/report.md``: reconstructed real B cells of PBMC 3k
+          through a VAE trained without B cells are mostly not recognised as B cells), so the
+          VAE must be fine-tuned unfrozen (the default when the query has a cell type the
+          reference lacks). Pass the reference's cells together with the new ones as
+          ``adata``: fine-tuning on the new cells alone moves the latent space away from the
+          reference's types, which the score network then forgets. ``train_vae`` and
+          ``train_diffusion`` (``finetune="all"``) start from the reference's weights, so a
+          fraction of the reference's epochs is used (the report compares the quality and time
+          with training from scratch).
 
         Parameters
         ----------
@@ -1191,7 +1224,9 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             Trained SCGM, or the directory of a saved one.
         unfrozen
             Fine-tune every VAE weight instead of scArches' new-covariate weights only (the
-            latent space then moves and stage 2 must be retrained with ``finetune="all"``).
+            latent space then moves and :meth:`train_diffusion` fine-tunes the whole score
+            network, ``finetune="all"``). ``None`` (default): ``True`` when the query has a cell
+            type that the reference lacks, else ``False``. ``False`` with a new cell type warns.
         **kwargs
             Passed to :meth:`scvi.model.base.ArchesMixin.load_query_data` (``accelerator``,
             ``device``, ``freeze_dropout``, ``freeze_expression``, ...).
@@ -1223,6 +1258,40 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
                 f"The query lacks the obs columns {missing} that the reference was set up with."
             )
         adata = align_genes(adata, pd.Index(var_names))
+        new_types, lacking = [], []
+        if setup_args.get("labels_key") is not None:
+            known = attr_dict["registry_"]["field_registries"][REGISTRY_KEYS.LABELS_KEY]
+            known = list(known["state_registry"]["categorical_mapping"])
+            query_types = set(adata.obs[setup_args["labels_key"]].dropna().unique())
+            new_types = sorted(str(t) for t in query_types if t not in set(known))
+            lacking = [str(t) for t in known if t not in query_types]
+        if unfrozen is None:
+            unfrozen = bool(new_types)
+            if unfrozen:
+                logger.info(
+                    "The query has cell types the reference lacks (%s): the whole VAE will be "
+                    "fine-tuned (unfrozen=True).",
+                    ", ".join(new_types),
+                )
+        elif not unfrozen and new_types:
+            warnings.warn(
+                f"The query has cell types the reference lacks ({', '.join(new_types)}) but "
+                "the VAE is frozen (unfrozen=False): the reference VAE never learned these "
+                "cells' genes and generates them poorly. Pass unfrozen=True (or leave the "
+                "default) with the reference's cells and the new ones together.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if unfrozen and lacking:
+            warnings.warn(
+                f"The query lacks {len(lacking)} of the reference's cell types "
+                f"({', '.join(lacking[:5])}{', ...' if len(lacking) > 5 else ''}) and the VAE "
+                "is unfrozen: fine-tuning on this query alone moves the latent space away from "
+                "them and the model forgets them. Pass the reference's cells together with the "
+                "new ones.",
+                UserWarning,
+                stacklevel=2,
+            )
         freeze = {
             "unfrozen": unfrozen,
             "freeze_decoder_first_layer": kwargs.get("freeze_decoder_first_layer", True),
