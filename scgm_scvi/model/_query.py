@@ -54,18 +54,16 @@ def align_genes(adata: AnnData, reference_var_names: pd.Index) -> AnnData:
             UserWarning,
             stacklevel=3,
         )
-    src = adata.var_names.get_indexer(ref)  # -1 where missing
+    # one indexing pass: missing genes point at an appended all-zero column
+    src = adata.var_names.get_indexer(ref)
+    idx = np.where(src >= 0, src, adata.n_vars)
 
     def take(X):
-        X = X.tocsc() if sp.issparse(X) else np.asarray(X)
         if sp.issparse(X):
-            cols = [
-                X[:, j] if j >= 0 else sp.csc_matrix((X.shape[0], 1), dtype=X.dtype) for j in src
-            ]
-            return sp.hstack(cols, format="csr")
-        out = np.zeros((X.shape[0], len(ref)), dtype=X.dtype)
-        out[:, present] = X[:, src[present]]
-        return out
+            zero = sp.csr_matrix((X.shape[0], 1), dtype=X.dtype)
+            return sp.hstack([X, zero], format="csc")[:, idx].tocsr()
+        X = np.asarray(X)
+        return np.concatenate([X, np.zeros((X.shape[0], 1), X.dtype)], axis=1)[:, idx]
 
     out = AnnData(
         X=take(adata.X),
