@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import warnings
 
@@ -19,6 +20,8 @@ from conftest import FIT, make_adata, make_model
 from lightning.pytorch.callbacks import Callback
 
 import scgm_scvi
+from scgm_scvi.data import LatentDataModule
+from scgm_scvi.data._latent_datamodule import DiskTensor, RowWriter
 
 
 def _state(model):
@@ -187,6 +190,71 @@ def test_train_from_backed_h5ad(tmp_path):
     np.testing.assert_allclose(z_backed.numpy(), inmem, rtol=1e-4, atol=1e-5)
 
 
+def test_row_writer_and_disk_tensor(tmp_path):
+    values = np.arange(24, dtype=np.float32).reshape(8, 3)
+    writer = RowWriter(8, 3, np.float32, str(tmp_path), "z")
+    writer.append(torch.from_numpy(values[:5]))
+    writer.append(torch.from_numpy(values[5:]))
+    disk = writer.finish()
+    assert isinstance(disk, DiskTensor) and len(disk) == 8 and disk.shape == (8, 3)
+    rows = torch.tensor([6, 0, 3])
+    np.testing.assert_array_equal(disk[rows].numpy(), values[[6, 0, 3]])
+    assert disk[torch.tensor([], dtype=torch.long)].shape == (0, 3)
+    with pytest.raises(RuntimeError, match="3 rows were written, 4 expected"):
+        short = RowWriter(4, 3, np.float32)
+        short.append(torch.zeros(3, 3))
+        short.finish()
+
+
+def test_stage2_latents_on_disk_train_like_memory(tmp_path, monkeypatch):
+    """``latent_storage="disk"`` reads minibatches from a temporary file that is removed after
+    training, and trains exactly the same score network as in memory."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    reads, read = [], DiskTensor.__getitem__
+    monkeypatch.setattr(DiskTensor, "__getitem__", lambda s, r: reads.append(1) or read(s, r))
+    model = make_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train_vae(max_epochs=2, **FIT)
+        vae = _state(model)
+        states = {}
+        for storage in ("memory", "disk"):
+            model.module.load_state_dict(vae)
+            scvi.settings.seed = 0
+            model.train_diffusion(max_epochs=3, latent_storage=storage, **FIT)
+            states[storage] = _state(model)
+            assert (len(reads) > 0) == (storage == "disk")
+    _assert_same_state(states["memory"], states["disk"])
+    assert os.listdir(tmp) == []  # the latent files are gone
+    with pytest.raises(ValueError, match="latent_storage must be"):
+        model.train_diffusion(max_epochs=1, latent_storage="gpu", **FIT)
+
+
+def test_latents_move_to_the_training_gpu_only_when_they_fit(monkeypatch):
+    """The GPU branch of ``LatentDataModule.setup`` with the "meta" device standing in for a GPU
+    (CI has none): moved when the latents take at most a quarter of the free memory."""
+    from types import SimpleNamespace
+
+    from scgm_scvi.data import _latent_datamodule as ldm
+
+    tensors = {"z_loc": torch.zeros(10, 4), "cond": torch.zeros(10, 1, dtype=torch.long)}
+    nbytes = 10 * 4 * 4 + 10 * 8
+    meta = torch.device("meta")
+    for free, moved in ((4 * nbytes, True), (4 * nbytes - 1, False)):
+        monkeypatch.setattr(ldm, "_free_bytes", lambda device, free=free: free)
+        dm = LatentDataModule(dict(tensors), train_size=0.8, batch_size=4)
+        dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=meta))
+        dm.setup("fit")
+        assert all((v.device == meta) == moved for v in dm.tensors.values())
+        assert (dm.train_idx.device == meta) == moved
+    cpu = LatentDataModule(dict(tensors))
+    cpu.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    cpu.setup("fit")
+    assert cpu.tensors["z_loc"].device.type == "cpu"
+
+
 def test_generate_to_disk_equals_in_memory(trained, tmp_path, monkeypatch):
     model, _ = trained
     out = tmp_path / "gen.h5ad"
@@ -202,6 +270,10 @@ def test_generate_to_disk_equals_in_memory(trained, tmp_path, monkeypatch):
     assert disk.uns["scgm"]["seed"] == 5 and disk.uns["scgm"]["sampler"] == "ode_euler"
     backed = ad.read_h5ad(out, backed="r")
     assert backed.shape == (45, 100)
+    # without latents (anndata loads obsm of a backed file into memory)
+    bare = ad.read_h5ad(model.generate(out=str(tmp_path / "bare.h5ad"), latent_key=None, **kwargs))
+    assert len(bare.obsm) == 0 and len(model.generate(latent_key=None, **kwargs).obsm) == 0
+    np.testing.assert_array_equal(bare.X.toarray(), mem.X.toarray())
     with pytest.raises(FileExistsError, match="overwrite=True"):
         model.generate(out=str(out), **kwargs)
     # an interrupted run leaves neither a partial file nor a damaged target

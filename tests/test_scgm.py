@@ -457,6 +457,23 @@ def test_sample_latent(trained):
         model.sample_latent(cond, n_steps=-2)
 
 
+def test_sample_latent_from_names(trained):
+    model, _ = trained
+    names = pd.DataFrame({"labels": ["label_1", "label_2", "label_1"], "batch": ["batch_0"] * 3})
+    z, _ = model.sample_latent(names, seed=3)
+    z_codes, _ = model.sample_latent(np.array([[1, 0], [2, 0], [1, 0]]), seed=3)
+    torch.testing.assert_close(z, z_codes, rtol=0, atol=0)
+    # a column left out is unconditional: the "unknown" code
+    z_any_batch, _ = model.sample_latent(names[["labels"]], seed=3)
+    null = model.module.condition_sizes[1]
+    z_null, _ = model.sample_latent(np.array([[1, null], [2, null], [1, null]]), seed=3)
+    torch.testing.assert_close(z_any_batch, z_null, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"Unknown labels values \['T cell'\]. Valid values"):
+        model.sample_latent(pd.DataFrame({"labels": ["T cell"]}))
+    with pytest.raises(ValueError, match=r"Unknown condition columns \['donor'\]"):
+        model.sample_latent(pd.DataFrame({"donor": ["a"]}))
+
+
 def test_sample_latent_zero_steps_raises(trained):
     model, _ = trained
     with pytest.raises(ValueError, match="n_steps"):

@@ -531,7 +531,7 @@ class SCGEditor:
         """
         model = self.model
         if reference is None:
-            tensors, _ = model._latent_pass()
+            tensors = model._latent_pass()[0]
             ref_z = tensors["z_loc"].clone().to(model.device)
             ref_cond = tensors["cond"].clone().to(model.device)
         else:

@@ -37,6 +37,7 @@ from scvi.utils import setup_anndata_dsp
 from tqdm.auto import tqdm
 
 from scgm_scvi.data import LatentDataModule
+from scgm_scvi.data._latent_datamodule import DiskTensor, RowWriter, latent_directory
 from scgm_scvi.module import COND_KEY, Z_LOC_KEY, Z_SCALE_KEY, SCGMModule
 from scgm_scvi.samplers import EVALS_PER_STEP, SAMPLERS, classifier_free_guidance
 
@@ -513,13 +514,16 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         checkpoint_dir: str | None = None,
         resume: bool = False,
         checkpoint_every_n_epochs: int = 1,
+        latent_storage: Literal["auto", "memory", "disk"] = "auto",
         **trainer_kwargs,
     ):
         """Train stage 2: the conditional score network over the VAE latent (VAE frozen).
 
         Latents are computed once in a streaming pass over the data (minibatches of 1,024
-        cells, so a backed AnnData is never loaded whole), then kept on the training device as
-        ``n_cells x n_latent`` float32; an epoch is a few tensor gathers.
+        cells, so a backed AnnData is never loaded whole) into ``n_cells x n_latent`` float32
+        (1 GB per million cells at ``n_latent=256``). In memory, they move to the training GPU
+        when they take at most a quarter of its free memory, and an epoch is a few tensor
+        gathers; on disk, each minibatch is read from a temporary file.
 
         After :meth:`load_query_data` this fine-tunes the reference's score network on the
         query: the latent standardisation of the reference is kept, and the cells available
@@ -557,6 +561,12 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             As in :meth:`train_vae`, in ``checkpoint_dir/diffusion/``. A resumed run loads the
             checkpoint's weights before encoding the cells, so its latents match the run that
             was interrupted.
+        latent_storage
+            Where the latents live during training. ``"memory"``: host memory (and the GPU
+            when they fit). ``"disk"``: a temporary directory (in ``$TMPDIR``), deleted after
+            training, so memory does not grow with the number of cells. ``"auto"`` (default):
+            ``"disk"`` when the registered AnnData is backed (``read_h5ad(backed="r")``),
+            else ``"memory"``.
         **trainer_kwargs
             Passed to :class:`~scvi.train.Trainer` (e.g. ``strategy``).
         """
@@ -573,6 +583,10 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
                 "The VAE was fine-tuned unfrozen, so the latent space moved and the whole score "
                 "network must be fine-tuned: pass finetune='all' (the default here)."
             )
+        if latent_storage not in ("auto", "memory", "disk"):
+            raise ValueError(
+                f"latent_storage must be 'auto', 'memory' or 'disk', got {latent_storage!r}."
+            )
         stage_dir, finished = stage_checkpoint(
             checkpoint_dir, "diffusion", resume, checkpoint_every_n_epochs, trainer_kwargs
         )
@@ -584,9 +598,11 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             self.vae_trained_ = True
         if not self.vae_trained_:
             raise RuntimeError("Train the VAE first: call model.train_vae() or model.train().")
-        tensors, table = self._latent_pass(indices)
+        # a temporary directory for latents on disk (None: in memory), removed after training
+        tmp = latent_directory(latent_storage, self.adata)
+        tensors, table, moments = self._latent_pass(indices, tmp and tmp.name)
         if self.query_ is None:
-            self._fit_latent_statistics(tensors)
+            self._fit_latent_statistics(moments)
         elif self.query_.get("reference_table") is not None:
             # the reference's cells stay available to draw covariates and library sizes from
             ref_table = self.query_["reference_table"]
@@ -600,6 +616,8 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         self.condition_table_ = table
         if finished:
             logger.info("Stage 2 already completed in %s: weights loaded.", stage_dir)
+            if tmp is not None:
+                tmp.cleanup()
             self.module.requires_grad_(True)
             self.module.eval()
             self.diffusion_trained_ = True
@@ -644,6 +662,8 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         finally:
             for handle in hooks:
                 handle.remove()
+            if tmp is not None:
+                tmp.cleanup()
         mark_stage_done(self.trainer, stage_dir)
         # scvi-tools merges later runs into the first run's history keys: keep the stages apart
         stage2 = getattr(self.trainer.logger, "history", {}) or {}
@@ -663,39 +683,63 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             )
 
     @torch.inference_mode()
-    def _latent_pass(self, indices=None) -> tuple[dict[str, torch.Tensor], pd.DataFrame]:
+    def _latent_pass(
+        self, indices=None, directory: str | None = None
+    ) -> tuple[dict[str, torch.Tensor | DiskTensor], pd.DataFrame, dict[str, torch.Tensor]]:
         """Encode the cells once: posterior loc/scale, condition codes and a covariate table.
 
-        Streams over minibatches; the posterior scales are kept only when stage 2 trains on
-        posterior samples (they would double the memory of an atlas's latents).
+        Streams over minibatches into preallocated arrays (in ``directory`` as
+        :class:`~scgm_scvi.data.DiskTensor` files when given) and accumulates the latent
+        moments on the way, so nothing holds more than the arrays themselves. The posterior
+        scales are kept only when stage 2 trains on posterior samples (they would double the
+        memory of an atlas's latents). The covariate table keeps at most
+        ``CONDITION_TABLE_MAX`` cells, drawn uniformly.
         """
         keep_scale = self.module.diffusion_target == "sample"
         self.module.eval()
+        n = self.adata.n_obs if indices is None else len(indices)
         loader = self._make_data_loader(adata=self.adata, indices=indices, batch_size=1024)
-        locs, scales, conds, rows = [], [], [], []
+        n_latent, n_cond = self.module.n_latent, len(self.conditions_["columns"])
+        writers = {
+            Z_LOC_KEY: RowWriter(n, n_latent, np.float32, directory, Z_LOC_KEY),
+            COND_KEY: RowWriter(n, n_cond, np.int64, directory, COND_KEY),
+        }
+        if keep_scale:
+            writers[Z_SCALE_KEY] = RowWriter(n, n_latent, np.float32, directory, Z_SCALE_KEY)
+        moments = {
+            k: torch.zeros(n_latent, dtype=torch.float64, device=self.device)
+            for k in ("sum", "sumsq", "scale_sq")
+        }
+        table_rows = np.arange(n)
+        if n > CONDITION_TABLE_MAX:
+            table_rows = np.sort(np.random.default_rng(0).choice(n, CONDITION_TABLE_MAX, False))
+        rows, start = [], 0
         for batch in loader:
             inf = self.module.inference(**self.module._get_inference_input(batch))
-            locs.append(inf["qz"].loc.cpu())
-            if keep_scale:
-                scales.append(inf["qz"].scale.cpu())
+            loc = inf["qz"].loc
             cond = self._condition_codes_from_batch(batch)
-            conds.append(cond.cpu())
-            cols = [cond.cpu().numpy(), inf["library"].cpu().numpy()]
-            if REGISTRY_KEYS.CONT_COVS_KEY in batch:
-                cols.append(batch[REGISTRY_KEYS.CONT_COVS_KEY].cpu().numpy())
-            rows.append(np.concatenate(cols, axis=1))
-        tensors = {Z_LOC_KEY: torch.cat(locs), COND_KEY: torch.cat(conds)}
-        if keep_scale:
-            tensors[Z_SCALE_KEY] = torch.cat(scales)
-        n_cond = tensors[COND_KEY].shape[1]
+            writers[Z_LOC_KEY].append(loc)
+            writers[COND_KEY].append(cond)
+            moments["sum"] += loc.double().sum(0)
+            moments["sumsq"] += loc.double().square().sum(0)
+            if keep_scale:
+                writers[Z_SCALE_KEY].append(inf["qz"].scale)
+                moments["scale_sq"] += inf["qz"].scale.double().square().sum(0)
+            stop = start + len(loc)
+            keep = table_rows[(table_rows >= start) & (table_rows < stop)] - start
+            if len(keep):
+                cols = [cond[keep], inf["library"][keep]]
+                if REGISTRY_KEYS.CONT_COVS_KEY in batch:
+                    cols.append(batch[REGISTRY_KEYS.CONT_COVS_KEY][keep])
+                rows.append(torch.cat([c.double() for c in cols], dim=1).cpu().numpy())
+            start = stop
+        tensors = {key: writer.finish() for key, writer in writers.items()}
         columns = [f"cond_{j}" for j in range(n_cond)] + ["log_library"]
         columns += [f"cont_{k}" for k in self.conditions_["cont_keys"]]
         table = pd.DataFrame(np.concatenate(rows), columns=columns)
         table[columns[:n_cond]] = table[columns[:n_cond]].astype(np.int64)
         table["batch_index"] = table["cond_1"] if self.summary_stats.n_batch > 1 else 0
-        if len(table) > CONDITION_TABLE_MAX:
-            table = table.sample(CONDITION_TABLE_MAX, random_state=0).reset_index(drop=True)
-        return tensors, table
+        return tensors, table, {"n": n, **moments}
 
     def _condition_codes_from_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         cols = [batch[REGISTRY_KEYS.LABELS_KEY]]
@@ -705,16 +749,20 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             cols.append(batch[REGISTRY_KEYS.CAT_COVS_KEY])
         return torch.cat(cols, dim=1).long()
 
-    def _fit_latent_statistics(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Per-dimension mean and std of the training latents (of samples, if trained on them)."""
-        loc = tensors[Z_LOC_KEY]
-        var = loc.var(dim=0)
+    def _fit_latent_statistics(self, moments: dict) -> None:
+        """Per-dimension mean and std of the training latents (of samples, if trained on them).
+
+        ``moments`` are the sums over cells accumulated by :meth:`_latent_pass`.
+        """
+        n = moments["n"]
+        mean = moments["sum"] / n
+        var = (moments["sumsq"] - n * mean**2) / max(n - 1, 1)  # unbiased, as torch.var
         if self.module.diffusion_target == "sample":
-            var = var + (tensors[Z_SCALE_KEY] ** 2).mean(dim=0)
+            var = var + moments["scale_sq"] / n
         device = self.module.latent_mean.device
-        self.module.latent_mean.copy_(loc.mean(dim=0).to(device))
+        self.module.latent_mean.copy_(mean.float().to(device))
         # floor: dimensions the VAE ignores must not be blown up into pure noise directions
-        self.module.latent_std.copy_(var.sqrt().clamp_min(1e-2).to(device))
+        self.module.latent_std.copy_(var.clamp_min(0).sqrt().float().clamp_min(1e-2).to(device))
 
     # ------------------------------------------------------------------ generation
     def _resolve_conditions(
@@ -806,7 +854,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
     @torch.inference_mode()
     def sample_latent(
         self,
-        cond: np.ndarray | torch.Tensor,
+        cond: pd.DataFrame | np.ndarray | torch.Tensor,
         sampler: Sampler = "ode",
         n_steps: int | None = None,
         guidance_scale: float = 1.0,
@@ -819,8 +867,11 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         Parameters
         ----------
         cond
-            Integer condition codes, shape ``(n, n_conditions)``, in the column order of
-            ``model.conditions_["columns"]``.
+            One row per cell: a DataFrame of category names whose columns are the registered
+            obs keys (cell type, batch, categorical covariates; a key left out is
+            unconditional, as in classifier-free guidance), e.g.
+            ``pd.DataFrame({"cell_type": ["B cells"] * 100})``; or integer codes of shape
+            ``(n, n_conditions)`` in the column order of ``model.conditions_["columns"]``.
         sampler
             ``"ode"`` (probability-flow ODE, Heun; deterministic), ``"ode_euler"`` (DDIM-like),
             ``"euler_maruyama"`` (reverse SDE) or ``"pc"`` (predictor-corrector).
@@ -838,7 +889,14 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         Returns
         -------
         Latents ``(n, n_latent)`` on the model device, and the network evaluations per cell.
+
+        Raises
+        ------
+        ValueError
+            An unknown column or category name (the message lists the valid ones).
         """
+        if isinstance(cond, pd.DataFrame):
+            cond = self._codes_from_names(cond)
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}.")
         n_steps = DEFAULT_STEPS[sampler] if n_steps is None else n_steps
@@ -972,7 +1030,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
                     None if cont_covs is None else cont_covs[rows],
                 )
                 if transform == "counts":
-                    out.append(sp.csr_matrix(px.sample().cpu().numpy().astype(np.float32)))
+                    out.append(_to_csr(px.sample()))
                 else:
                     out.append(px.scale.cpu().numpy())
         return sp.vstack(out, format="csr") if transform == "counts" else np.concatenate(out)
@@ -992,14 +1050,16 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         progress_bar: bool | None = None,
         out: str | os.PathLike | None = None,
         overwrite: bool = False,
+        latent_key: str | None = "X_scgm",
     ) -> AnnData | str:
         """Generate new cells: sample latents with the reverse process and decode NB counts.
 
         Cells are made in chunks of ``batch_size``; each chunk has its own random stream
         derived from ``(seed, chunk index)``, so the same ``seed`` and ``batch_size`` give the
         same cells in memory and on disk (``out=``). With ``out`` the memory use does not grow
-        with ``n`` beyond a few bytes per cell of ``obs``: chunks are appended to the file as
-        they are made, and nothing leaves the model's device except each finished chunk.
+        with ``n`` beyond the cell types, covariates and library sizes drawn up front (tens of
+        bytes per cell): counts, latents and ``obs`` are appended to the file chunk by chunk,
+        and nothing leaves the model's device except each finished chunk.
 
         Parameters
         ----------
@@ -1022,11 +1082,16 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             read it with ``anndata.read_h5ad(out, backed="r")``.
         overwrite
             Replace an existing ``out`` file.
+        latent_key
+            ``obsm`` key of the latents; ``None`` leaves them out. For millions of cells that
+            will be read with ``read_h5ad(backed="r")``, leave them out: anndata loads
+            ``obsm`` into memory (1 GB per million cells at ``n_latent=256``), only ``X``
+            stays on disk.
 
         Returns
         -------
         AnnData with ``X`` = integer NB counts (CSR, float32), ``obs`` = cell type, covariates
-        and library size, ``obsm["X_scgm"]`` = latent, ``var`` = the model's genes and
+        and library size, ``obsm[latent_key]`` = latent, ``var`` = the model's genes and
         ``uns["scgm"]`` = the generation settings; with ``out``, the path of the written file
         (same content).
         """
@@ -1046,7 +1111,6 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         obs["library_size"] = np.exp(decoder["log_library"].to_numpy()).round()
         for key in self.conditions_["cont_keys"]:
             obs[key] = decoder[f"cont_{key}"].to_numpy()
-        obs.index = [f"scgm_{i}" for i in range(len(obs))]
         var = pd.DataFrame(index=self.var_names_.copy())
         uns = {
             "scgm": {
@@ -1064,17 +1128,27 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         )
         if out is None:
             Xs, zs = zip(*chunks, strict=True)
+            obs.index = [f"scgm_{i}" for i in range(len(obs))]
             adata = AnnData(X=sp.vstack(Xs, format="csr"), obs=obs, var=var)
-            adata.obsm["X_scgm"] = np.concatenate(zs)
+            if latent_key is not None:
+                adata.obsm[latent_key] = np.concatenate(zs)
             adata.uns.update(uns)
             return adata
         writer = H5ADStreamWriter(
-            out, len(cond), len(var), self.module.n_latent, "X_scgm", overwrite=overwrite
+            out,
+            len(cond),
+            len(var),
+            0 if latent_key is None else self.module.n_latent,
+            latent_key or "",
+            overwrite=overwrite,
         )
         try:
-            for X, z in chunks:
-                writer.append(X, z)
-            return writer.close(obs, var, uns)
+            start = 0
+            for X, z in chunks:  # obs too goes chunk by chunk: cell names are not kept
+                names = [f"scgm_{i}" for i in range(start, start + X.shape[0])]
+                writer.append(X, z, obs.iloc[start : start + X.shape[0]].set_axis(names))
+                start += X.shape[0]
+            return writer.close(None if start else obs, var, uns)
         except BaseException:
             writer.abort()
             raise
@@ -1101,6 +1175,27 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             bar.update(z.shape[0])
             yield X, z.cpu().numpy()
         bar.close()
+
+    def _codes_from_names(self, frame: pd.DataFrame) -> np.ndarray:
+        """Condition codes from category names; columns left out get the "unknown" code."""
+        columns = self.conditions_["columns"]
+        keys = [c["key"] for c in columns]
+        unknown = [k for k in frame.columns if k not in keys]
+        if unknown:
+            raise ValueError(f"Unknown condition columns {unknown}. Valid columns: {keys}.")
+        codes = np.empty((len(frame), len(columns)), dtype=np.int64)
+        for j, col in enumerate(columns):
+            codes[:, j] = self.module.condition_sizes[j]  # "unknown": unconditional
+            if col["key"] in frame.columns:
+                values = frame[col["key"]].astype(str)
+                bad = sorted(set(values) - set(col["categories"]))
+                if bad:
+                    raise ValueError(
+                        f"Unknown {col['key']} values {bad}. Valid values: {col['categories']}."
+                    )
+                lookup = {c: i for i, c in enumerate(col["categories"])}
+                codes[:, j] = values.map(lookup).to_numpy()
+        return codes
 
     def _obs_from_codes(self, cond: np.ndarray) -> pd.DataFrame:
         obs = {}
@@ -1318,6 +1413,16 @@ def _chunk_seed(seed: int | None, chunk: int, stream: int) -> int | None:
     if seed is None:
         return None
     return int(np.random.SeedSequence([seed, chunk, stream]).generate_state(1)[0])
+
+
+def _to_csr(x: torch.Tensor) -> sp.csr_matrix:
+    """Dense counts to a scipy CSR matrix, compressed on their device: only the non-zeros are
+    copied to the host, and it is several times faster than scipy's dense conversion."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        csr = x.to_sparse_csr()
+    parts = (csr.values(), csr.col_indices().int(), csr.crow_indices())
+    return sp.csr_matrix(tuple(p.cpu().numpy() for p in parts), shape=tuple(x.shape))
 
 
 def _quiet(progress_bar: bool | None) -> bool | None:

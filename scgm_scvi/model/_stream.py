@@ -13,11 +13,11 @@ from anndata.io import sparse_dataset, write_elem
 
 
 class H5ADStreamWriter:
-    """Append CSR row blocks and latent rows to a new ``.h5ad`` file, then add ``obs``/``var``.
+    """Append blocks of rows (CSR counts, latents, ``obs``) to a new ``.h5ad``, then add ``var``.
 
     The file is written under a temporary name in the same directory and renamed into place by
     :meth:`close`, so an interrupted run never leaves a file that looks complete. Memory holds
-    one chunk at a time (``obs`` is written once at the end; it is a few bytes per cell).
+    one block at a time.
 
     Parameters
     ----------
@@ -64,14 +64,24 @@ class H5ADStreamWriter:
             self._latent.attrs["encoding-type"] = "array"
             self._latent.attrs["encoding-version"] = "0.2.0"
 
-    def append(self, X: sp.csr_matrix, latent: np.ndarray | None = None) -> None:
-        """Append a block of rows (CSR counts and, if configured, their latents)."""
+    def append(
+        self, X: sp.csr_matrix, latent: np.ndarray | None = None, obs: pd.DataFrame | None = None
+    ) -> None:
+        """Append a block of rows: CSR counts, their latents (if configured) and their ``obs``.
+
+        ``obs`` is given with every block or with none (then whole to :meth:`close`); its
+        columns and categories must be the same in every block.
+        """
         X = sp.csr_matrix(X)
         if X.shape[1] != self.n_vars:
             raise ValueError(f"Expected {self.n_vars} columns, got {X.shape[1]}.")
         n = X.shape[0]
         if self.rows + n > self.n_obs:
             raise ValueError(f"More than the announced {self.n_obs} rows.")
+        if obs is not None:
+            if len(obs) != n:
+                raise ValueError(f"{len(obs)} obs rows for a block of {n} cells.")
+            self._append_obs(obs)
         if self._x is None:
             write_elem(self.file, "X", X)  # anndata makes the arrays resizable
             self._x = sparse_dataset(self.file["X"])
@@ -81,8 +91,25 @@ class H5ADStreamWriter:
             self._latent[self.rows : self.rows + n] = np.asarray(latent, dtype=np.float32)
         self.rows += n
 
-    def close(self, obs: pd.DataFrame, var: pd.DataFrame, uns: dict | None = None) -> str:
-        """Write ``obs``, ``var`` and ``uns``, then rename the file into place.
+    def _append_obs(self, obs: pd.DataFrame) -> None:
+        if "obs" not in self.file:  # anndata's encoding, with columns that can grow
+            write_elem(self.file, "obs", obs, dataset_kwargs={"maxshape": (None,)})
+            return
+        group = self.file["obs"]
+        index_key = group.attrs["_index"]
+        values = {index_key: obs.index.astype(str).to_numpy(dtype=object)}
+        for col in group.attrs["column-order"]:
+            series = obs[col]
+            values[col] = series.cat.codes.to_numpy() if series.dtype == "category" else series
+        for key, value in values.items():
+            dataset = group[key]["codes"] if isinstance(group[key], h5py.Group) else group[key]
+            start = dataset.shape[0]
+            dataset.resize((start + len(value),))
+            dataset[start:] = np.asarray(value)
+
+    def close(self, obs: pd.DataFrame | None, var: pd.DataFrame, uns: dict | None = None) -> str:
+        """Write ``obs`` (``None`` if it was appended with the blocks), ``var`` and ``uns``,
+        then rename the file into place.
 
         Returns
         -------
@@ -94,7 +121,10 @@ class H5ADStreamWriter:
             write_elem(self.file, "X", sp.csr_matrix((0, self.n_vars), dtype=np.float32))
         if self._latent is None:
             write_elem(self.file, "obsm", {})
-        write_elem(self.file, "obs", obs)
+        if obs is not None:
+            write_elem(self.file, "obs", obs)
+        elif "obs" not in self.file:
+            raise ValueError("No obs: pass it to close() or with every block to append().")
         write_elem(self.file, "var", var)
         for key in ("layers", "obsp", "varm", "varp"):
             write_elem(self.file, key, {})
