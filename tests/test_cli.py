@@ -278,11 +278,12 @@ def test_generate_options(workspace):
     argv = ["generate", str(workspace / "model"), "--out", str(out), "--n", "10"]
     argv += ["--cell-type", "A", "--cell-type", "B", "--covariate", "condition=stim"]
     argv += ["--sampler", "ode_euler", "--n-steps", "5", "--guidance-scale", "2", "--progress"]
-    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--precision", "bf16-mixed"]) == 0
     generated = ad.read_h5ad(out)
     assert generated.obs["cell_type"].value_counts().to_dict() == {"A": 5, "B": 5, "C": 0}
     assert set(generated.obs["condition"]) == {"stim"}
     assert generated.uns["scgm"]["n_steps"] == 5
+    assert generated.uns["scgm"]["precision"] == "bf16-mixed"
     assert generated.uns["scgm"]["guidance_scale"] == 2.0
     # default: training proportions; same seed, same cells
     again = workspace / "gen_default.h5ad"

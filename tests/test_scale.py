@@ -315,7 +315,8 @@ DDP_SCRIPT = textwrap.dedent(
         scgm_scvi.SCGM.setup_anndata(adata, labels_key="labels", batch_key="batch")
         model = scgm_scvi.SCGM(adata, n_latent=8, n_hidden=32, score_width=32, score_blocks=2)
         model.train(max_epochs=2, diffusion_max_epochs=2, accelerator="cpu", devices=2,
-                    strategy="ddp_find_unused_parameters_true", enable_progress_bar=False)
+                    strategy="ddp_find_unused_parameters_true", enable_progress_bar=False,
+                    latent_storage=sys.argv[2])
         rank = model.trainer.global_rank
         print(f"RANK {rank} world {model.trainer.world_size} rows {rows[0]}", flush=True)
         if rank == 0:
@@ -324,10 +325,11 @@ DDP_SCRIPT = textwrap.dedent(
 )
 
 
-# ~20 s on a quiet 2-core machine, 70-100 s when it is shared (two processes import torch and
+# ~12 s each on a quiet 2-core machine, 70-100 s when it is shared (two processes import torch and
 # scvi-tools): run with `pytest -m slow`.
 @pytest.mark.slow
-def test_ddp_two_cpu_processes(tmp_path):
+@pytest.mark.parametrize("latent_storage", ["memory", "disk"])
+def test_ddp_two_cpu_processes(tmp_path, latent_storage):
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     script = tmp_path / "ddp_train.py"
@@ -335,7 +337,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     env.pop("LOCAL_RANK", None)
     res = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "model")],
+        [sys.executable, str(script), str(tmp_path / "model"), latent_storage],
         capture_output=True,
         text=True,
         timeout=300,

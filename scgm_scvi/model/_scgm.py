@@ -56,6 +56,7 @@ from ._stream import H5ADStreamWriter
 logger = logging.getLogger(__name__)
 
 Sampler = Literal["ode", "ode_euler", "euler_maruyama", "pc"]
+Precision = Literal["32-true", "bf16-mixed"]  # Lightning's names
 # default steps per sampler: the ODE reaches its quality in tens of evaluations, SDEs need more
 DEFAULT_STEPS = {"ode": 25, "ode_euler": 50, "euler_maruyama": 500, "pc": 250}
 # at most this many training cells are kept to draw covariates and library sizes from
@@ -370,6 +371,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         diffusion_plan_kwargs: dict | None = None,
         checkpoint_dir: str | None = None,
         resume: bool = False,
+        latent_storage: Literal["auto", "memory", "disk"] = "auto",
         **trainer_kwargs,
     ):
         """Train both stages: the VAE, then the latent diffusion model.
@@ -378,7 +380,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         ----------
         max_epochs, batch_size, plan_kwargs
             Stage 1, see :meth:`train_vae`.
-        diffusion_max_epochs, diffusion_batch_size, diffusion_plan_kwargs
+        diffusion_max_epochs, diffusion_batch_size, diffusion_plan_kwargs, latent_storage
             Stage 2, see :meth:`train_diffusion`.
         accelerator, devices
             Lightning accelerator and devices for both stages. Several devices: pass
@@ -409,6 +411,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             plan_kwargs=diffusion_plan_kwargs,
             checkpoint_dir=checkpoint_dir,
             resume=resume,
+            latent_storage=latent_storage,
             **trainer_kwargs,
         )
 
@@ -861,6 +864,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         seed: int | None = 0,
         batch_size: int = 2048,
         progress_bar: bool | None = None,
+        precision: Precision = "32-true",
     ) -> tuple[torch.Tensor, int]:
         """Sample VAE latents given condition codes (one row per cell).
 
@@ -885,6 +889,11 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             Cells sampled at once.
         progress_bar
             Show a progress bar (default: only in interactive sessions).
+        precision
+            ``"bf16-mixed"`` runs the score network under bfloat16 autocast (the sampler's
+            state and arithmetic stay float32): about twice as fast where the hardware has
+            bfloat16 matrix units, at a quality cost measured in
+            ``benchmarks/results/precision/report.md``. ``"32-true"``: float32 throughout.
 
         Returns
         -------
@@ -899,6 +908,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             cond = self._codes_from_names(cond)
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}.")
+        _check_precision(precision)
         n_steps = DEFAULT_STEPS[sampler] if n_steps is None else n_steps
         if n_steps < 1:
             raise ValueError(f"n_steps must be >= 1, got {n_steps}.")
@@ -914,12 +924,13 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             desc=f"Sampling ({sampler})",
             disable=_quiet(progress_bar),
         )
+        net = self.module.eps if precision == "32-true" else _bf16_autocast(self.module.eps)
         out = []
         with _seeded(seed, device):
             for rows in chunks:
                 c = cond[rows]
                 eps_fn = classifier_free_guidance(
-                    self.module.eps, c, self.module.null_condition(c, [0]), guidance_scale
+                    net, c, self.module.null_condition(c, [0]), guidance_scale
                 )
                 x = sde.prior_sample((len(rows), self.module.n_latent), device=device)
                 x = SAMPLERS[sampler](eps_fn, sde, x, ts, callback=lambda *_: bar.update())
@@ -1051,6 +1062,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         out: str | os.PathLike | None = None,
         overwrite: bool = False,
         latent_key: str | None = "X_scgm",
+        precision: Precision = "32-true",
     ) -> AnnData | str:
         """Generate new cells: sample latents with the reverse process and decode NB counts.
 
@@ -1074,7 +1086,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         library_size
             Total counts per cell (scalar or ``(n,)``); default: drawn from training cells of
             the same type.
-        sampler, n_steps, guidance_scale, seed, batch_size, progress_bar
+        sampler, n_steps, guidance_scale, seed, batch_size, progress_bar, precision
             See :meth:`sample_latent`; ``seed`` also fixes the drawn covariates and NB counts.
         out
             Write the cells to this ``.h5ad`` file instead of returning them (for millions of
@@ -1106,6 +1118,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             decoder["log_library"] = np.log(lib)
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}.")
+        _check_precision(precision)
         steps = DEFAULT_STEPS[sampler] if n_steps is None else n_steps
         obs = self._obs_from_codes(cond)
         obs["library_size"] = np.exp(decoder["log_library"].to_numpy()).round()
@@ -1117,6 +1130,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
                 "sampler": sampler,
                 "n_steps": steps,
                 "guidance_scale": guidance_scale,
+                "precision": precision,
                 "seed": -1 if seed is None else seed,
                 "network_evaluations_per_cell": EVALS_PER_STEP[sampler]
                 * steps
@@ -1124,8 +1138,9 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             }
         }
         chunks = self._generate_chunks(
-            cond, decoder, sampler, n_steps, guidance_scale, seed, batch_size, progress_bar
-        )
+            cond, decoder, sampler, n_steps, guidance_scale, seed, batch_size, progress_bar,
+            precision,
+        )  # fmt: skip
         if out is None:
             Xs, zs = zip(*chunks, strict=True)
             obs.index = [f"scgm_{i}" for i in range(len(obs))]
@@ -1154,8 +1169,9 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             raise
 
     def _generate_chunks(
-        self, cond, decoder, sampler, n_steps, guidance_scale, seed, batch_size, progress_bar
-    ):
+        self, cond, decoder, sampler, n_steps, guidance_scale, seed, batch_size, progress_bar,
+        precision,
+    ):  # fmt: skip
         """Yield ``(counts CSR, latents)`` per chunk of ``batch_size`` cells, each chunk with
         its own seeds, so that the cells do not depend on how they are consumed."""
         starts = range(0, len(cond), batch_size)
@@ -1170,6 +1186,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
                 _chunk_seed(seed, i, 0),
                 batch_size,
                 progress_bar=False,
+                precision=precision,
             )
             X = self._decode(z, decoder.iloc[rows], "counts", _chunk_seed(seed, i, 1), batch_size)
             bar.update(z.shape[0])
@@ -1413,6 +1430,21 @@ def _chunk_seed(seed: int | None, chunk: int, stream: int) -> int | None:
     if seed is None:
         return None
     return int(np.random.SeedSequence([seed, chunk, stream]).generate_state(1)[0])
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in ("32-true", "bf16-mixed"):
+        raise ValueError(f"precision must be '32-true' or 'bf16-mixed', got {precision!r}.")
+
+
+def _bf16_autocast(fn):
+    """``fn`` with its matrix products in bfloat16 (its float32 inputs and outputs unchanged)."""
+
+    def wrapped(x: torch.Tensor, *args) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return fn(x, *args).float()
+
+    return wrapped
 
 
 def _to_csr(x: torch.Tensor) -> sp.csr_matrix:
