@@ -22,8 +22,9 @@ def _free_bytes(device: torch.device) -> int:
 class DiskTensor:
     """A 2-D array in a raw file that is read a minibatch of rows at a time.
 
-    Every read maps the file, copies the rows and unmaps it again, so the process holds one
-    minibatch, not the pages of the whole file (which an epoch of random rows would touch).
+    Rows are read into a new array: the file is never mapped into the process, so its pages
+    stay in the kernel's cache and out of the process's resident memory (a mapping would keep
+    the pages of every row an epoch touches in the process).
 
     Parameters
     ----------
@@ -42,13 +43,13 @@ class DiskTensor:
         return self.shape[0]
 
     def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
-        if len(rows) == 0:  # an empty file cannot be mapped
-            return torch.from_numpy(np.empty((0, self.shape[1]), dtype=self.dtype))
-        mapped = np.memmap(self.path, dtype=self.dtype, mode="r", shape=self.shape)
-        try:
-            return torch.from_numpy(np.array(mapped[rows.cpu().numpy()]))
-        finally:
-            del mapped
+        out = np.empty((len(rows), self.shape[1]), dtype=self.dtype)
+        row_bytes = out.itemsize * self.shape[1]
+        with open(self.path, "rb", buffering=0) as fh:
+            for i, row in enumerate(rows.tolist()):
+                fh.seek(row * row_bytes)
+                fh.readinto(out[i])
+        return torch.from_numpy(out)
 
 
 class RowWriter:
