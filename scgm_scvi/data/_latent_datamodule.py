@@ -80,7 +80,7 @@ class RowWriter:
         if self.path is None:
             self._array[self.row : self.row + len(block)] = block
         else:
-            self._file.write(np.ascontiguousarray(block.numpy(), dtype=self.dtype).tobytes())
+            block.numpy().astype(self.dtype, copy=False).tofile(self._file)
         self.row += len(block)
 
     def finish(self) -> torch.Tensor | DiskTensor:
