@@ -196,3 +196,15 @@ def test_cli_trains_on_h5mu(tmp_path):
     assert cli.main([*argv, "--select", "condition=ctrl", "--n-steps", "3"]) == 0
     assert set(ad.read_h5ad(out).obs["condition"]) == {"stim"}
     assert scgm_scvi.SCGM.load(str(model_dir)).generate(n=5).n_obs == 5
+
+
+def test_save_load_with_data(mu_trained, tmp_path):
+    """``save_anndata=True`` writes the MuData; ``load`` without data reads it back."""
+    model, mdata = mu_trained
+    model.save(str(tmp_path / "mu_data"), prefix="run1_", save_anndata=True)
+    loaded = SCGM.load(str(tmp_path / "mu_data"), prefix="run1_")
+    assert isinstance(loaded.adata, mudata.MuData)
+    assert loaded.adata.n_obs == mdata.n_obs
+    np.testing.assert_allclose(
+        loaded.get_latent_representation(), model.get_latent_representation(), atol=1e-5
+    )

@@ -558,6 +558,19 @@ def test_get_normalized_expression(trained):
     np.testing.assert_allclose(expr.sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_inherited_scvi_methods(trained):
+    """The scVI methods the API page lists work on SCGM's VAE (stage 1 of one module)."""
+    model, adata = trained
+    elbo = float(model.get_elbo())
+    assert np.isfinite(elbo)
+    recon = float(model.get_reconstruction_error()["reconstruction_loss"])
+    assert 0 < recon <= -elbo + 1e-3  # -ELBO = reconstruction error + KL >= reconstruction error
+    counts = model.posterior_predictive_sample(n_samples=1)
+    assert counts.shape == adata.shape
+    de = model.differential_expression(groupby="labels", group1="label_0", batch_size=64)
+    assert set(de.index) == set(adata.var_names) and de["bayes_factor"].notna().all()
+
+
 # ---------------------------------------------------------------------------------- save / load
 @pytest.fixture(scope="module")
 def saved(trained, tmp_path_factory):

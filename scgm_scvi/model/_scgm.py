@@ -1230,8 +1230,8 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         dir_path
             Directory written by :meth:`save`.
         adata
-            AnnData to attach (same genes); ``None`` loads the saved AnnData if one was saved,
-            else the model alone, which can generate and decode.
+            AnnData (or MuData) to attach (same genes); ``None`` loads the saved data if
+            :meth:`save` wrote it, else the model alone, which can generate and decode.
         **kwargs
             Passed to :meth:`scvi.model.base.BaseModelClass.load`.
 
@@ -1246,7 +1246,10 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         """
         if not (kwargs.get("backup_url") and not os.path.exists(dir_path)):
             check_model_dir(dir_path, kwargs.get("prefix"), cls.__name__)
-        if adata is None and not os.path.exists(os.path.join(dir_path, "adata.h5ad")):
+        # scvi-tools saves the data as "<prefix>adata.h5ad" or, for MuData, "<prefix>mdata.h5mu"
+        prefix = kwargs.get("prefix") or ""
+        saved_data = (os.path.join(dir_path, f"{prefix}{f}") for f in ("adata.h5ad", "mdata.h5mu"))
+        if adata is None and not any(os.path.exists(f) for f in saved_data):
             adata = False
         model = super().load(dir_path, adata=adata, **kwargs)
         model.module.eval()
