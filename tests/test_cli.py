@@ -221,6 +221,24 @@ def test_train_writes_a_loadable_model(workspace):
     assert model.registry_["setup_args"]["categorical_covariate_keys"] == ["condition"]
 
 
+def test_train_kl_warmup(workspace, tmp_path, monkeypatch):
+    """``--kl-warmup`` reaches the VAE's training plan and is recorded."""
+    seen = {}
+    original = scgm_scvi.SCGM.train_vae
+
+    def train_vae(self, *args, **kwargs):
+        seen.update(kwargs.get("plan_kwargs") or {})
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(scgm_scvi.SCGM, "train_vae", train_vae)
+    argv = ["train", str(workspace / "toy.h5ad"), "--out", str(tmp_path / "m")]
+    argv += ["--labels-key", "cell_type", "--kl-warmup", "2", "--no-progress"]
+    assert cli.main([*argv, *TINY_ARGS, *FAST_ARGS]) == 0
+    assert seen == {"n_epochs_kl_warmup": 2}
+    summary = json.loads((tmp_path / "m" / "scgm_train.json").read_text())
+    assert summary["kl_warmup_epochs"] == 2
+
+
 def test_train_refuses_to_overwrite(workspace, capsys):
     before = {p.name: p.stat().st_mtime_ns for p in (workspace / "model").iterdir()}
     argv = ["train", str(workspace / "toy.h5ad"), "--out", str(workspace / "model")]
@@ -240,6 +258,7 @@ def test_train_refuses_to_overwrite(workspace, capsys):
         ("negative", [], "not raw counts"),
         ("csv", [], "must be an .h5ad"),
         ("toy", ["--max-epochs", "0"], "positive integer"),
+        ("toy", ["--kl-warmup", "0"], "positive integer"),
     ],
 )
 def test_train_bad_input(workspace, tmp_path, capsys, case, extra, message):

@@ -162,6 +162,19 @@ def test_train_diffusion_before_vae_raises():
         model.train_diffusion(max_epochs=1, **FIT)
 
 
+@pytest.mark.parametrize(
+    ("plan_kwargs", "warmup", "final_weight"),
+    [(None, 400, 16 / 400), ({"n_epochs_kl_warmup": 2}, 2, 1.0)],
+)
+def test_train_vae_kl_warmup(plan_kwargs, warmup, final_weight):
+    """scVI's KL warm-up (400 epochs) unless ``plan_kwargs`` sets another (as for editing)."""
+    model = make_model()
+    model.train_vae(max_epochs=16, plan_kwargs=plan_kwargs, **FIT)
+    plan = model.trainer.lightning_module
+    assert plan.n_epochs_kl_warmup == warmup
+    assert float(plan.kl_weight) == pytest.approx(final_weight, rel=1e-6)  # at epoch 16
+
+
 @pytest.mark.parametrize("stage", ["vae", "diffusion"])
 def test_set_stage(stage):
     module = make_model().module
