@@ -10,8 +10,8 @@ Compared in the same run, for each generation seed:
 - scVI posterior resample: stock ``scvi.model.SCVI`` (NB) on the train cells with scVI's own
   training defaults (epoch heuristic, no early stopping; ``--vae-epochs`` fixes the same number
   of epochs for both models), train cells of the type encoded, z ~ q(z|x), decoded, NB counts
-  sampled; with ``--kl-warmup`` (SCGM's VAE warms
-  its KL weight up over that many epochs instead of scVI's 400) also a scVI trained the same way;
+  sampled; with ``--kl-warmup`` (SCGM's VAE warms its KL weight up over that many epochs
+  instead of scVI's 400) also a scVI trained the same way;
 - Gaussian prior baseline: a Gaussian per cell type fit to SCGM's own VAE latents (posterior
   means), decoded by the same decoder (isolates what the score model adds);
 - SCGM with each sampler at guidance weight 1 (seconds and network evaluations per 1,000 cells
