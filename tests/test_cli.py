@@ -215,6 +215,7 @@ def test_train_writes_a_loadable_model(workspace):
     assert (model_dir / "model.pt").is_file()
     summary = json.loads((model_dir / "scgm_train.json").read_text())
     assert summary["n_cells"] == 200 and summary["vae_epochs"] == 3
+    assert summary["kl_warmup_epochs"] == 400  # scVI's default
     assert summary["conditions"]["condition"] == ["ctrl", "stim"]
     model = scgm_scvi.SCGM.load(str(model_dir))
     assert model.diffusion_trained_ and model.module.n_latent == 8

@@ -213,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
             **fit,
         )
     t_vae = time.perf_counter() - t0
+    kl_warmup = model.trainer.lightning_module.n_epochs_kl_warmup  # scVI's default if not given
     vae_epochs = len(model.history["train_loss"]) if model.history else 0
     log(f"VAE done in {t_vae:.0f} s ({vae_epochs} epochs)")
     log("training stage 2 (score network)")
@@ -233,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
         "setup": {"layer": args.layer, **setup},
         "conditions": {c["key"]: c["categories"] for c in columns if c.get("registered", True)},
         "vae_epochs": vae_epochs,
-        "kl_warmup_epochs": args.kl_warmup or 400,
+        "kl_warmup_epochs": kl_warmup,
         "diffusion_epochs": n_diff,
         "train_seconds": round(t_all, 1),
         "seed": args.seed,

@@ -7,7 +7,7 @@ import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -1436,8 +1436,10 @@ def _chunk_seed(seed: int | None, chunk: int, stream: int) -> int | None:
 
 
 def _check_precision(precision: str) -> None:
-    if precision not in ("32-true", "bf16-mixed"):
-        raise ValueError(f"precision must be '32-true' or 'bf16-mixed', got {precision!r}.")
+    if precision not in get_args(Precision):
+        raise ValueError(
+            f"precision must be one of {list(get_args(Precision))}, got {precision!r}."
+        )
 
 
 def _bf16_autocast(fn):
