@@ -64,6 +64,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--diffusion-batch-size", type=int, default=64)
     p.add_argument("--n-latent", type=int, default=32)
     p.add_argument("--n-hidden", type=int, default=128)
+    p.add_argument("--n-layers", type=int, default=None, help="default: the package's")
     p.add_argument("--score-width", type=int, default=256)
     p.add_argument("--score-blocks", type=int, default=3)
     p.add_argument("--strength", type=float, default=0.5, help="SDEdit / ODE strength")
@@ -154,6 +155,7 @@ def run_cell_type(adata: ad.AnnData, c: str, args) -> dict[str, list[dict]]:
         train,
         n_latent=args.n_latent,
         n_hidden=args.n_hidden,
+        **({} if args.n_layers is None else {"n_layers": args.n_layers}),
         score_width=args.score_width,
         score_blocks=args.score_blocks,
     )
@@ -313,7 +315,9 @@ def main() -> None:
         f"{len(cell_types)} held-out cell types; VAE {args.epochs} epochs (KL warm-up "
         f"{args.kl_warmup or 400} epochs), diffusion "
         f"{args.diffusion_epochs} epochs (batch {args.diffusion_batch_size}), n_latent "
-        f"{args.n_latent}, n_hidden {args.n_hidden}, score net {args.score_blocks}x"
+        f"{args.n_latent}, n_hidden {args.n_hidden}"
+        + (f", n_layers {args.n_layers}" if args.n_layers else "")
+        + f", score net {args.score_blocks}x"
         f"{args.score_width}; strength {args.strength}, guidance {args.guidance_scale}, "
         f"n_samples {args.n_samples}; seed {args.seed}; {args.threads} thread(s); total "
         f"{time.time() - t0:.0f} s (training {np.sum(res['train_s']):.0f} s).",

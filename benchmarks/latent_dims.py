@@ -7,20 +7,26 @@ A diagnostic for the KL warm-up trade-off in ``docs/concepts.md``. On the PBMC 3
   (Burda et al. 2016);
 - informative dimensions: that standard deviation above the mean posterior standard deviation;
 
-and scores, over generation seeds, four sets of decoded cells (NB counts, the training cells'
-library sizes for the first two, drawn ones for the rest):
+and scores, over generation seeds, five sets of decoded cells (NB counts; the training cells'
+library sizes for their own latents, drawn ones for the score network's):
 
 - ``train posterior means``: the training cells' own latents, decoded (stage 2's ceiling);
 - ``train posterior means, unused dims at their mean``: the same with the inactive dimensions
   replaced by their mean (do they matter to the decoder?);
 - ``SCGM ode``: the score network's samples (ODE sampler, guidance 1);
-- ``SCGM ode, unused dims at their mean``.
+- ``SCGM ode, unused dims at their mean``;
+- ``train posterior samples``: ``z ~ q(z|x)`` of the training cells, decoded (the recipe of
+  ``generation.py``'s scVI baseline, here with SCGM's VAE).
 
 Usage (from the repository root)::
 
     python benchmarks/latent_dims.py --out benchmarks/results/latent_dims/default
     python benchmarks/latent_dims.py --vae-epochs 400 --no-early-stopping \\
         --out benchmarks/results/latent_dims/full_kl
+    python benchmarks/latent_dims.py --n-hidden 128 --n-layers 1 --diffusion-batch-size 64 \\
+        --out benchmarks/results/latent_dims/scvi_width
+    python benchmarks/latent_dims.py --n-hidden 128 --n-layers 1 --diffusion-batch-size 64 \\
+        --latent-scaling global --out benchmarks/results/latent_dims/scvi_width_global
 """
 
 from __future__ import annotations
@@ -60,6 +66,10 @@ def main(argv=None) -> None:
     p.add_argument("--no-early-stopping", dest="early_stopping", action="store_false")
     p.add_argument("--kl-warmup", type=int, default=None, help="default: scVI's 400 epochs")
     p.add_argument("--diffusion-epochs", type=int, default=600)
+    p.add_argument("--diffusion-batch-size", type=int, default=256)
+    p.add_argument("--n-hidden", type=int, default=None, help="VAE width (default: SCGM's)")
+    p.add_argument("--n-layers", type=int, default=None, help="VAE depth (default: SCGM's)")
+    p.add_argument("--latent-scaling", choices=["per_dim", "global"], default="per_dim")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/latent_dims/default"))
     args = p.parse_args(argv)
@@ -73,7 +83,9 @@ def main(argv=None) -> None:
     big = adata.obs["cell_type"].value_counts().loc[lambda s: s >= 100].index
     scvi.settings.seed = 0
     SCGM.setup_anndata(train, labels_key="cell_type")
-    model = SCGM(train)
+    sizes_kw = {"n_hidden": args.n_hidden, "n_layers": args.n_layers}
+    sizes_kw = {k: v for k, v in sizes_kw.items() if v is not None}
+    model = SCGM(train, latent_scaling=args.latent_scaling, **sizes_kw)
     warmup = None if args.kl_warmup is None else {"n_epochs_kl_warmup": args.kl_warmup}
     t0 = time.perf_counter()
     model.train_vae(
@@ -89,7 +101,11 @@ def main(argv=None) -> None:
     active = spread > ACTIVE_STD
     informative = spread > np.sqrt(var).mean(0)
     centre = loc.mean(0)
-    model.train_diffusion(max_epochs=args.diffusion_epochs, enable_progress_bar=False)
+    model.train_diffusion(
+        max_epochs=args.diffusion_epochs,
+        batch_size=args.diffusion_batch_size,
+        enable_progress_bar=False,
+    )
 
     library = np.asarray(train.X.sum(1)).ravel()
     labels = train.obs["cell_type"].astype(str).to_numpy()
@@ -109,6 +125,9 @@ def main(argv=None) -> None:
             z = z.copy()
             z[:, ~active] = centre[~active]
             sets[f"{name}, unused dims at their mean"] = (z, types, lib)
+        # z ~ q(z|x) of training cells: the recipe of generation.py's scVI baseline
+        z = loc[idx] + np.sqrt(var[idx]) * rng.standard_normal(loc[idx].shape)
+        sets["train posterior samples"] = (z, labels[idx], library[idx])
         for name, (z, types, lib) in sets.items():
             X = model.decode_latent(
                 z.astype(np.float32),
@@ -130,14 +149,17 @@ def main(argv=None) -> None:
     summary = long.groupby("cells", sort=False)[["w2", "mmd_rbf", "label_agreement"]]
     summary = summary.agg(["mean", "sem"])
     command = " ".join(sys.argv[1:] if argv is None else argv)
+    arch = model.init_params_["non_kwargs"]
     report = [
         "# Latent dimensions of SCGM's VAE and what the score network makes of them",
         "",
         f"Command: `python benchmarks/latent_dims.py {command}`",
         "",
-        f"PBMC 3k split of `generation.py`; VAE {vae_epochs} epochs ({vae_seconds:.0f} s, early "
+        f"PBMC 3k split of `generation.py`; VAE {arch['n_layers']} x {arch['n_hidden']} hidden, "
+        f"{vae_epochs} epochs ({vae_seconds:.0f} s, early "
         f"stopping {'on' if args.early_stopping else 'off'}, KL warm-up "
-        f"{args.kl_warmup or 400} epochs), score network {args.diffusion_epochs} epochs; "
+        f"{args.kl_warmup or 400} epochs), score network {args.diffusion_epochs} epochs "
+        f"(batch {args.diffusion_batch_size}, {args.latent_scaling} latent scaling); "
         f"generation seeds {args.seeds}; protocol G1 against the held-out cells, label agreement "
         "over the types with >= 100 cells.",
         "",

@@ -198,6 +198,27 @@ def test_train_sets_flags_and_mode(trained):
     assert model.condition_table_ is not None and len(model.condition_table_) == 200
 
 
+@pytest.mark.parametrize("scaling", ["per_dim", "global"])
+def test_latent_scaling(scaling):
+    adata = make_adata()
+    scgm_scvi.SCGM.setup_anndata(adata, labels_key="labels", batch_key="batch")
+    model = scgm_scvi.SCGM(adata, latent_scaling=scaling, **TINY)
+    model.train_vae(max_epochs=2, **FIT)
+    model.train_diffusion(max_epochs=1, **FIT)
+    spread = torch.as_tensor(model.get_latent_representation()).std(0)
+    expected = spread if scaling == "per_dim" else spread.square().mean().sqrt().expand_as(spread)
+    torch.testing.assert_close(model.module.latent_std, expected, rtol=1e-4, atol=1e-5)
+    assert f"({scaling} scaling)" in model._model_summary_string
+
+
+@pytest.mark.parametrize("option", ["latent_scaling", "diffusion_target"])
+def test_bad_stage2_option_names_the_choices(option):
+    adata = make_adata()
+    scgm_scvi.SCGM.setup_anndata(adata, labels_key="labels")
+    with pytest.raises(ValueError, match=f"{option} must be one of"):
+        scgm_scvi.SCGM(adata, **{option: "nope"}, **TINY)
+
+
 def test_all_parameters_trainable_after_train(trained):
     model, _ = trained
     assert all(p.requires_grad for p in model.module.parameters())

@@ -98,6 +98,11 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         samples (``"sample"``). Measured on PBMC 3k (200 score epochs): means gave 0.56 label
         agreement of generated cells, samples 0.13; with a 256-d latent most of a posterior
         sample is encoder noise that the score network must model as well.
+    latent_scaling
+        How the latent is scaled for the SDE: every dimension to unit standard deviation
+        (``"per_dim"``, default) or all dimensions by one factor (``"global"``), so that
+        dimensions the VAE hardly uses stay small instead of being blown up to the scale of
+        the informative ones. See ``benchmarks/latent_dims.py`` for its measured effect.
     **module_kwargs
         Passed to :class:`~scgm_scvi.module.SCGMModule` (and so to :class:`~scvi.module.VAE`).
 
@@ -126,8 +131,15 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         score_blocks: int = 4,
         p_uncond: float = 0.1,
         diffusion_target: Literal["sample", "mean"] = "mean",
+        latent_scaling: Literal["per_dim", "global"] = "per_dim",
         **module_kwargs,
     ):
+        for name, value, options in (
+            ("diffusion_target", diffusion_target, ("mean", "sample")),
+            ("latent_scaling", latent_scaling, ("per_dim", "global")),
+        ):
+            if value not in options:
+                raise ValueError(f"{name} must be one of {options}, got {value!r}.")
         super().__init__(adata, registry)
         n_cats_per_cov = (
             self.get_state_registry(REGISTRY_KEYS.CAT_COVS_KEY).n_cats_per_key
@@ -149,6 +161,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             score_blocks=score_blocks,
             p_uncond=p_uncond,
             diffusion_target=diffusion_target,
+            latent_scaling=latent_scaling,
             **module_kwargs,
         )
         # everything generation needs without the training AnnData; saved with the model
@@ -163,7 +176,8 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         self.query_: dict | None = None
         self._model_summary_string = (
             f"SCGM: n_latent {n_latent}, VAE {n_layers}x{n_hidden} ({gene_likelihood}), "
-            f"score net {score_blocks}x{score_width}, VP-SDE on {diffusion_target}s"
+            f"score net {score_blocks}x{score_width}, VP-SDE on {diffusion_target}s "
+            f"({latent_scaling} scaling)"
         )
         self.init_params_ = self._get_init_params(locals())
 
@@ -753,7 +767,8 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         return torch.cat(cols, dim=1).long()
 
     def _fit_latent_statistics(self, moments: dict) -> None:
-        """Per-dimension mean and std of the training latents (of samples, if trained on them).
+        """Per-dimension mean and the scale (per dimension or global, see ``latent_scaling``) of
+        the training latents (of samples, if trained on them).
 
         ``moments`` are the sums over cells accumulated by :meth:`_latent_pass`.
         """
@@ -764,8 +779,12 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             var = var + moments["scale_sq"] / n
         device = self.module.latent_mean.device
         self.module.latent_mean.copy_(mean.float().to(device))
-        # floor: dimensions the VAE ignores must not be blown up into pure noise directions
-        self.module.latent_std.copy_(var.clamp_min(0).sqrt().float().clamp_min(1e-2).to(device))
+        var = var.clamp_min(0)
+        if self.module.latent_scaling == "global":
+            std = var.mean().sqrt().expand_as(var)
+        else:  # floor: dimensions the VAE ignores must not be blown up into pure noise
+            std = var.sqrt().clamp_min(1e-2)
+        self.module.latent_std.copy_(std.float().to(device))
 
     # ------------------------------------------------------------------ generation
     def _resolve_conditions(

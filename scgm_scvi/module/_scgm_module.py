@@ -45,6 +45,10 @@ class SCGMModule(VAE):
     diffusion_target
         Train the score on posterior samples ``z ~ q(z|x)`` (``"sample"``) or on posterior means
         (``"mean"``).
+    latent_scaling
+        Scale of the latent dimensions before the SDE: each to unit standard deviation
+        (``"per_dim"``) or all by one factor, their root-mean-square standard deviation
+        (``"global"``, which keeps dimensions the VAE barely uses small).
     beta_min, beta_max
         Linear noise schedule of the VP-SDE.
     **vae_kwargs
@@ -71,6 +75,7 @@ class SCGMModule(VAE):
         score_dropout: float = 0.0,
         p_uncond: float = 0.1,
         diffusion_target: Literal["sample", "mean"] = "mean",
+        latent_scaling: Literal["per_dim", "global"] = "per_dim",
         beta_min: float = 0.1,
         beta_max: float = 20.0,
         **vae_kwargs,
@@ -101,6 +106,7 @@ class SCGMModule(VAE):
         )
         self.p_uncond = p_uncond
         self.diffusion_target = diffusion_target
+        self.latent_scaling = latent_scaling
         self.sde = VPSDE(beta_min=beta_min, beta_max=beta_max)
         # stage-2 state, saved in the state dict: latent standardisation, library size per label
         self.register_buffer("latent_mean", torch.zeros(n_latent))
