@@ -38,7 +38,14 @@ from tqdm.auto import tqdm
 
 from scgm_scvi.data import LatentDataModule
 from scgm_scvi.data._latent_datamodule import DiskTensor, RowWriter, latent_directory
-from scgm_scvi.module import COND_KEY, Z_LOC_KEY, Z_SCALE_KEY, SCGMModule
+from scgm_scvi.module import (
+    COND_KEY,
+    Z_LOC_KEY,
+    Z_SCALE_KEY,
+    DiffusionTarget,
+    LatentScaling,
+    SCGMModule,
+)
 from scgm_scvi.samplers import EVALS_PER_STEP, SAMPLERS, classifier_free_guidance
 
 from ._checks import check_counts, resolve_group_sizes
@@ -130,16 +137,10 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         score_width: int = 256,
         score_blocks: int = 4,
         p_uncond: float = 0.1,
-        diffusion_target: Literal["sample", "mean"] = "mean",
-        latent_scaling: Literal["per_dim", "global"] = "per_dim",
+        diffusion_target: DiffusionTarget = "mean",
+        latent_scaling: LatentScaling = "per_dim",
         **module_kwargs,
     ):
-        for name, value, options in (
-            ("diffusion_target", diffusion_target, ("mean", "sample")),
-            ("latent_scaling", latent_scaling, ("per_dim", "global")),
-        ):
-            if value not in options:
-                raise ValueError(f"{name} must be one of {options}, got {value!r}.")
         super().__init__(adata, registry)
         n_cats_per_cov = (
             self.get_state_registry(REGISTRY_KEYS.CAT_COVS_KEY).n_cats_per_key
@@ -780,11 +781,13 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         device = self.module.latent_mean.device
         self.module.latent_mean.copy_(mean.float().to(device))
         var = var.clamp_min(0)
-        if self.module.latent_scaling == "global":
-            std = var.mean().sqrt().expand_as(var)
-        else:  # floor: dimensions the VAE ignores must not be blown up into pure noise
-            std = var.sqrt().clamp_min(1e-2)
-        self.module.latent_std.copy_(std.float().to(device))
+        std = (
+            var.mean().sqrt().expand_as(var)
+            if self.module.latent_scaling == "global"
+            else var.sqrt()
+        )
+        # floor: dimensions the VAE ignores must not be blown up into pure noise
+        self.module.latent_std.copy_(std.clamp_min(1e-2).float().to(device))
 
     # ------------------------------------------------------------------ generation
     def _resolve_conditions(

@@ -6,7 +6,7 @@ Keeping both in one module means the stock ``model.save`` / ``SCGM.load`` round-
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from scvi.module import VAE
@@ -20,6 +20,9 @@ from ._score_net import ScoreNetwork
 Z_LOC_KEY = "z_loc"
 Z_SCALE_KEY = "z_scale"
 COND_KEY = "cond"
+
+DiffusionTarget = Literal["mean", "sample"]
+LatentScaling = Literal["per_dim", "global"]
 
 
 class SCGMModule(VAE):
@@ -74,12 +77,18 @@ class SCGMModule(VAE):
         score_blocks: int = 4,
         score_dropout: float = 0.0,
         p_uncond: float = 0.1,
-        diffusion_target: Literal["sample", "mean"] = "mean",
-        latent_scaling: Literal["per_dim", "global"] = "per_dim",
+        diffusion_target: DiffusionTarget = "mean",
+        latent_scaling: LatentScaling = "per_dim",
         beta_min: float = 0.1,
         beta_max: float = 20.0,
         **vae_kwargs,
     ):
+        for name, value, options in (
+            ("diffusion_target", diffusion_target, get_args(DiffusionTarget)),
+            ("latent_scaling", latent_scaling, get_args(LatentScaling)),
+        ):
+            if value not in options:
+                raise ValueError(f"{name} must be one of {list(options)}, got {value!r}.")
         super().__init__(
             n_input=n_input,
             n_batch=n_batch,
