@@ -27,6 +27,9 @@ Usage (from the repository root)::
         --out benchmarks/results/latent_dims/scvi_width
     python benchmarks/latent_dims.py --n-hidden 128 --n-layers 1 --diffusion-batch-size 64 \\
         --latent-scaling global --out benchmarks/results/latent_dims/scvi_width_global
+    python benchmarks/latent_dims.py --n-hidden 128 --n-layers 1 --norm batch --vae-epochs 400 \\
+        --no-early-stopping --diffusion-batch-size 64 --latent-scaling global \\
+        --out benchmarks/results/latent_dims/scvi_arch_global
 """
 
 from __future__ import annotations
@@ -70,6 +73,12 @@ def main(argv=None) -> None:
     p.add_argument("--n-hidden", type=int, default=None, help="VAE width (default: SCGM's)")
     p.add_argument("--n-layers", type=int, default=None, help="VAE depth (default: SCGM's)")
     p.add_argument("--latent-scaling", choices=["per_dim", "global"], default="per_dim")
+    p.add_argument(
+        "--norm",
+        choices=["layer", "batch"],
+        default="layer",
+        help="VAE normalisation: SCGM's layer norm (default) or stock scVI's batch norm",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/latent_dims/default"))
     args = p.parse_args(argv)
@@ -85,6 +94,8 @@ def main(argv=None) -> None:
     SCGM.setup_anndata(train, labels_key="cell_type")
     sizes_kw = {"n_hidden": args.n_hidden, "n_layers": args.n_layers}
     sizes_kw = {k: v for k, v in sizes_kw.items() if v is not None}
+    if args.norm == "batch":  # stock scVI's architecture
+        sizes_kw.update(use_batch_norm="both", use_layer_norm="none")
     model = SCGM(train, latent_scaling=args.latent_scaling, **sizes_kw)
     warmup = None if args.kl_warmup is None else {"n_epochs_kl_warmup": args.kl_warmup}
     t0 = time.perf_counter()
@@ -155,7 +166,8 @@ def main(argv=None) -> None:
         "",
         f"Command: `python benchmarks/latent_dims.py {command}`",
         "",
-        f"PBMC 3k split of `generation.py`; VAE {arch['n_layers']} x {arch['n_hidden']} hidden, "
+        f"PBMC 3k split of `generation.py`; VAE {arch['n_layers']} x {arch['n_hidden']} hidden "
+        f"({args.norm} norm), "
         f"{vae_epochs} epochs ({vae_seconds:.0f} s, early "
         f"stopping {'on' if args.early_stopping else 'off'}, KL warm-up "
         f"{args.kl_warmup or 400} epochs), score network {args.diffusion_epochs} epochs "
