@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import get_args
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import torch
 
 import scgm_scvi
 from scgm_scvi import cli
@@ -222,8 +224,9 @@ def test_train_writes_a_loadable_model(workspace):
     assert model.registry_["setup_args"]["categorical_covariate_keys"] == ["condition"]
 
 
-def test_train_kl_warmup(workspace, tmp_path, monkeypatch):
-    """``--kl-warmup`` reaches the VAE's training plan and is recorded."""
+def test_train_kl_warmup_and_latent_scaling(workspace, tmp_path, monkeypatch):
+    """``--kl-warmup`` reaches the VAE's training plan, ``--latent-scaling`` the module; both
+    are recorded."""
     seen = {}
     original = scgm_scvi.SCGM.train_vae
 
@@ -233,11 +236,22 @@ def test_train_kl_warmup(workspace, tmp_path, monkeypatch):
 
     monkeypatch.setattr(scgm_scvi.SCGM, "train_vae", train_vae)
     argv = ["train", str(workspace / "toy.h5ad"), "--out", str(tmp_path / "m")]
-    argv += ["--labels-key", "cell_type", "--kl-warmup", "2", "--no-progress"]
-    assert cli.main([*argv, *TINY_ARGS, *FAST_ARGS]) == 0
+    argv += ["--labels-key", "cell_type", "--kl-warmup", "2", "--latent-scaling", "global"]
+    assert cli.main([*argv, *TINY_ARGS, *FAST_ARGS, "--no-progress"]) == 0
     assert seen == {"n_epochs_kl_warmup": 2}
     summary = json.loads((tmp_path / "m" / "scgm_train.json").read_text())
-    assert summary["kl_warmup_epochs"] == 2
+    assert summary["kl_warmup_epochs"] == 2 and summary["latent_scaling"] == "global"
+    module = scgm_scvi.SCGM.load(str(tmp_path / "m")).module
+    assert module.latent_scaling == "global"
+    assert torch.allclose(module.latent_std, module.latent_std[0].expand_as(module.latent_std))
+
+
+def test_latent_scaling_choices_match_the_module():
+    """The CLI spells the options out (no torch import for ``--help``); keep them in step."""
+    from scgm_scvi.cli._train import LATENT_SCALINGS
+    from scgm_scvi.module import LatentScaling
+
+    assert LATENT_SCALINGS == get_args(LatentScaling)
 
 
 def test_train_refuses_to_overwrite(workspace, capsys):
@@ -260,6 +274,7 @@ def test_train_refuses_to_overwrite(workspace, capsys):
         ("csv", [], "must be an .h5ad"),
         ("toy", ["--max-epochs", "0"], "positive integer"),
         ("toy", ["--kl-warmup", "0"], "positive integer"),
+        ("toy", ["--latent-scaling", "pca"], "invalid choice: 'pca'"),
     ],
 )
 def test_train_bad_input(workspace, tmp_path, capsys, case, extra, message):

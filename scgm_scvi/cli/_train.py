@@ -29,6 +29,8 @@ from ._common import (
 
 #: written next to the model: what was trained on what, for ``generate`` / ``edit`` and users
 SUMMARY_FILE = "scgm_train.json"
+#: ``SCGM(latent_scaling=...)`` options, spelled out so that ``--help`` does not import torch
+LATENT_SCALINGS = ("per_dim", "global")
 
 
 def add_parser(sub) -> None:
@@ -126,6 +128,14 @@ def add_parser(sub) -> None:
     net.add_argument(
         "--score-blocks", type=non_negative_int, default=4, help="score residual blocks (4)"
     )
+    net.add_argument(
+        "--latent-scaling",
+        choices=LATENT_SCALINGS,
+        default="per_dim",
+        help="scale of the latent before the SDE: each dimension to unit std (per_dim) or all "
+        "by one factor (global, which keeps dimensions the VAE barely uses small; docs: "
+        "concepts)",
+    )
     add_runtime_options(p)
     add_overwrite_option(p, "non-empty --out directory")
     p.set_defaults(func=run)
@@ -194,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
                 n_layers=args.n_layers,
                 score_width=args.score_width,
                 score_blocks=args.score_blocks,
+                latent_scaling=args.latent_scaling,
             )
     except (ValueError, KeyError) as exc:
         raise user_error(exc) from None
@@ -236,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
         "vae_epochs": vae_epochs,
         "kl_warmup_epochs": kl_warmup,
         "diffusion_epochs": n_diff,
+        "latent_scaling": args.latent_scaling,
         "train_seconds": round(t_all, 1),
         "seed": args.seed,
     }
