@@ -164,6 +164,12 @@ def main(argv=None):
         default=[2.0],
         help="guidance weights for extra ODE rows (the sampler rows use weight 1)",
     )
+    p.add_argument(
+        "--score-baseline",
+        choices=["gaussian", "none"],
+        default="gaussian",
+        help="SCGM(score_baseline=...): what the score network corrects",
+    )
     p.add_argument("--out", default=None)
     p.add_argument(
         "--figures-only", action="store_true", help="redraw the figure from --out's summary.csv"
@@ -184,7 +190,7 @@ def main(argv=None):
     sizes = {k: int(v) for k, v in sizes.items() if v > 0}
 
     SCGM.setup_anndata(train, labels_key="cell_type", batch_key=batch_key)
-    model = SCGM(train)
+    model = SCGM(train, score_baseline=args.score_baseline)
     t0 = time.perf_counter()
     warmup = None if args.kl_warmup is None else {"n_epochs_kl_warmup": args.kl_warmup}
     model.train_vae(max_epochs=args.vae_epochs, enable_progress_bar=False, plan_kwargs=warmup)
@@ -294,7 +300,8 @@ def main(argv=None):
         f"Data: {train.n_obs} train / {test.n_obs} test cells x {train.n_vars} genes; "
         f"split seed 0; generation seeds {args.seeds}; guidance weight 1 unless named.",
         f"Training: SCGM VAE {vae_epochs} epochs ({vae_seconds:.0f} s), diffusion "
-        f"{len(model.diffusion_history_['train_loss'])} epochs ({diffusion_seconds:.0f} s); "
+        f"{len(model.diffusion_history_['train_loss'])} epochs ({diffusion_seconds:.0f} s, "
+        f"score baseline {args.score_baseline}); "
         f"scVI baseline {scvi_epochs} epochs ({scvi_seconds:.0f} s). KL warm-up: "
         f"{args.kl_warmup or 400} epochs (scVI's default: 400).",
         "",

@@ -67,6 +67,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--n-layers", type=int, default=None, help="default: the package's")
     p.add_argument("--score-width", type=int, default=256)
     p.add_argument("--score-blocks", type=int, default=3)
+    p.add_argument(
+        "--score-baseline", choices=["gaussian", "none"], default="gaussian", help="SCGM's"
+    )
     p.add_argument("--strength", type=float, default=0.5, help="SDEdit / ODE strength")
     p.add_argument("--guidance-scale", type=float, default=1.0)
     p.add_argument("--n-samples", type=int, default=1, help="edited cells per control cell")
@@ -158,6 +161,7 @@ def run_cell_type(adata: ad.AnnData, c: str, args) -> dict[str, list[dict]]:
         **({} if args.n_layers is None else {"n_layers": args.n_layers}),
         score_width=args.score_width,
         score_blocks=args.score_blocks,
+        score_baseline=args.score_baseline,
     )
     kw = {"enable_progress_bar": False, "early_stopping": False}
     # a VAE that reaches the full KL weight edits better by latent arithmetic and by the score
@@ -318,7 +322,8 @@ def main() -> None:
         f"{args.n_latent}, n_hidden {args.n_hidden}"
         + (f", n_layers {args.n_layers}" if args.n_layers else "")
         + f", score net {args.score_blocks}x"
-        f"{args.score_width}; strength {args.strength}, guidance {args.guidance_scale}, "
+        f"{args.score_width} ({args.score_baseline} score baseline); strength {args.strength}, "
+        f"guidance {args.guidance_scale}, "
         f"n_samples {args.n_samples}; seed {args.seed}; {args.threads} thread(s); total "
         f"{time.time() - t0:.0f} s (training {np.sum(res['train_s']):.0f} s).",
         "Metrics on log1p(CP10k); DEGs: top 100 Wilcoxon (real stim vs ctrl of the type).",

@@ -73,6 +73,7 @@ def main(argv=None) -> None:
     p.add_argument("--n-hidden", type=int, default=None, help="VAE width (default: SCGM's)")
     p.add_argument("--n-layers", type=int, default=None, help="VAE depth (default: SCGM's)")
     p.add_argument("--latent-scaling", choices=["per_dim", "global"], default="per_dim")
+    p.add_argument("--score-baseline", choices=["gaussian", "none"], default="gaussian")
     p.add_argument(
         "--norm",
         choices=["layer", "batch"],
@@ -96,7 +97,12 @@ def main(argv=None) -> None:
     sizes_kw = {k: v for k, v in sizes_kw.items() if v is not None}
     if args.norm == "batch":  # stock scVI's architecture
         sizes_kw.update(use_batch_norm="both", use_layer_norm="none")
-    model = SCGM(train, latent_scaling=args.latent_scaling, **sizes_kw)
+    model = SCGM(
+        train,
+        latent_scaling=args.latent_scaling,
+        score_baseline=args.score_baseline,
+        **sizes_kw,
+    )
     warmup = None if args.kl_warmup is None else {"n_epochs_kl_warmup": args.kl_warmup}
     t0 = time.perf_counter()
     model.train_vae(
@@ -171,7 +177,8 @@ def main(argv=None) -> None:
         f"{vae_epochs} epochs ({vae_seconds:.0f} s, early "
         f"stopping {'on' if args.early_stopping else 'off'}, KL warm-up "
         f"{args.kl_warmup or 400} epochs), score network {args.diffusion_epochs} epochs "
-        f"(batch {args.diffusion_batch_size}, {args.latent_scaling} latent scaling); "
+        f"(batch {args.diffusion_batch_size}, {args.latent_scaling} latent scaling, "
+        f"{args.score_baseline} score baseline); "
         f"generation seeds {args.seeds}; protocol G1 against the held-out cells, label agreement "
         "over the types with >= 100 cells.",
         "",

@@ -225,8 +225,8 @@ def test_train_writes_a_loadable_model(workspace):
 
 
 def test_train_kl_warmup_and_latent_scaling(workspace, tmp_path, monkeypatch):
-    """``--kl-warmup`` reaches the VAE's training plan, ``--latent-scaling`` the module; both
-    are recorded."""
+    """``--kl-warmup`` reaches the VAE's training plan, ``--latent-scaling`` and
+    ``--score-baseline`` the module; all are recorded."""
     seen = {}
     original = scgm_scvi.SCGM.train_vae
 
@@ -237,21 +237,24 @@ def test_train_kl_warmup_and_latent_scaling(workspace, tmp_path, monkeypatch):
     monkeypatch.setattr(scgm_scvi.SCGM, "train_vae", train_vae)
     argv = ["train", str(workspace / "toy.h5ad"), "--out", str(tmp_path / "m")]
     argv += ["--labels-key", "cell_type", "--kl-warmup", "2", "--latent-scaling", "global"]
+    argv += ["--score-baseline", "none"]
     assert cli.main([*argv, *TINY_ARGS, *FAST_ARGS, "--no-progress"]) == 0
     assert seen == {"n_epochs_kl_warmup": 2}
     summary = json.loads((tmp_path / "m" / "scgm_train.json").read_text())
     assert summary["kl_warmup_epochs"] == 2 and summary["latent_scaling"] == "global"
+    assert summary["score_baseline"] == "none"
     module = scgm_scvi.SCGM.load(str(tmp_path / "m")).module
-    assert module.latent_scaling == "global"
+    assert module.latent_scaling == "global" and module.gaussians is None
     assert torch.allclose(module.latent_std, module.latent_std[0].expand_as(module.latent_std))
 
 
-def test_latent_scaling_choices_match_the_module():
+def test_stage2_choices_match_the_module():
     """The CLI spells the options out (no torch import for ``--help``); keep them in step."""
-    from scgm_scvi.cli._train import LATENT_SCALINGS
-    from scgm_scvi.module import LatentScaling
+    from scgm_scvi.cli._train import LATENT_SCALINGS, SCORE_BASELINES
+    from scgm_scvi.module import LatentScaling, ScoreBaseline
 
     assert LATENT_SCALINGS == get_args(LatentScaling)
+    assert SCORE_BASELINES == get_args(ScoreBaseline)
 
 
 def test_train_refuses_to_overwrite(workspace, capsys):
@@ -275,6 +278,7 @@ def test_train_refuses_to_overwrite(workspace, capsys):
         ("toy", ["--max-epochs", "0"], "positive integer"),
         ("toy", ["--kl-warmup", "0"], "positive integer"),
         ("toy", ["--latent-scaling", "pca"], "invalid choice: 'pca'"),
+        ("toy", ["--score-baseline", "mixture"], "invalid choice: 'mixture'"),
     ],
 )
 def test_train_bad_input(workspace, tmp_path, capsys, case, extra, message):

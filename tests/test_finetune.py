@@ -52,6 +52,10 @@ def test_query_new_label_and_batch(reference):
     torch.testing.assert_close(new[:2], old[:2])  # label_0, label_1 unchanged
     torch.testing.assert_close(new[3], old[2])  # the "unknown" row moved to the end
     torch.testing.assert_close(new[2], old[2])  # the new label starts as "unknown"
+    # the cell-type Gaussians of the score baseline are grown the same way
+    g_old, g_new = ref.module.gaussians.mean, q.module.gaussians.mean
+    torch.testing.assert_close(g_new[:, :2], g_old[:, :2])
+    torch.testing.assert_close(g_new[:, 2:], g_old[:, [2, 2]])
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -69,6 +73,9 @@ def test_query_new_label_and_batch(reference):
         if "condition_embedding" not in name:
             torch.testing.assert_close(p, ref.module.score_net.get_parameter(name))
     torch.testing.assert_close(q.module.latent_mean, ref.module.latent_mean)
+    fitted = q.module.gaussians.mean
+    torch.testing.assert_close(fitted[:, [0, 1, 3]], g_old)  # reference types, all cells
+    assert not torch.allclose(fitted[:, 2], g_old[:, 2])  # the new type's Gaussian was fit
 
     g = q.generate(n=25, cell_type="label_2", seed=0)
     assert (g.obs["labels"] == "label_2").all()

@@ -208,10 +208,10 @@ def test_latent_scaling(scaling):
     spread = torch.as_tensor(model.get_latent_representation()).std(0)
     expected = spread if scaling == "per_dim" else spread.square().mean().sqrt().expand_as(spread)
     torch.testing.assert_close(model.module.latent_std, expected, rtol=1e-4, atol=1e-5)
-    assert f"({scaling} scaling)" in model._model_summary_string
+    assert f"({scaling} scaling, gaussian baseline)" in model._model_summary_string
 
 
-@pytest.mark.parametrize("option", ["latent_scaling", "diffusion_target"])
+@pytest.mark.parametrize("option", ["latent_scaling", "diffusion_target", "score_baseline"])
 def test_bad_stage2_option_names_the_choices(option):
     adata = make_adata()
     scgm_scvi.SCGM.setup_anndata(adata, labels_key="labels")

@@ -29,8 +29,10 @@ from ._common import (
 
 #: written next to the model: what was trained on what, for ``generate`` / ``edit`` and users
 SUMMARY_FILE = "scgm_train.json"
-#: ``SCGM(latent_scaling=...)`` options, spelled out so that ``--help`` does not import torch
+#: ``SCGM(latent_scaling=..., score_baseline=...)`` options, spelled out so that ``--help``
+#: does not import torch
 LATENT_SCALINGS = ("per_dim", "global")
+SCORE_BASELINES = ("gaussian", "none")
 
 
 def add_parser(sub) -> None:
@@ -136,6 +138,13 @@ def add_parser(sub) -> None:
         "by one factor (global, which keeps dimensions the VAE barely uses small; docs: "
         "concepts)",
     )
+    net.add_argument(
+        "--score-baseline",
+        choices=SCORE_BASELINES,
+        default="gaussian",
+        help="what the score network corrects: the exact score of a Gaussian per cell type "
+        "(gaussian) or of N(0, I) (none: plain velocity prediction)",
+    )
     add_runtime_options(p)
     add_overwrite_option(p, "non-empty --out directory")
     p.set_defaults(func=run)
@@ -205,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
                 score_width=args.score_width,
                 score_blocks=args.score_blocks,
                 latent_scaling=args.latent_scaling,
+                score_baseline=args.score_baseline,
             )
     except (ValueError, KeyError) as exc:
         raise user_error(exc) from None
@@ -248,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
         "kl_warmup_epochs": kl_warmup,
         "diffusion_epochs": n_diff,
         "latent_scaling": args.latent_scaling,
+        "score_baseline": args.score_baseline,
         "train_seconds": round(t_all, 1),
         "seed": args.seed,
     }

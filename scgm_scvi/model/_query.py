@@ -120,6 +120,25 @@ def grow_condition_embeddings(
     return old_sizes
 
 
+@torch.no_grad()
+def grow_label_gaussians(
+    module: torch.nn.Module, reference_state: dict[str, torch.Tensor]
+) -> None:
+    """Copy the reference's cell-type Gaussians into a module with more cell types.
+
+    As :func:`grow_condition_embeddings`: existing types keep their slots, the all-cells
+    Gaussian (the "unknown" label) moves to the new end, and new types start from it until
+    :meth:`~scgm_scvi.SCGM.train_diffusion` fits them.
+    """
+    if module.gaussians is None:
+        return
+    for name, buf in module.gaussians.named_buffers():
+        old = reference_state[f"gaussians.{name}"].to(buf.device)
+        n_old = old.shape[-1] - 1
+        buf[..., :n_old] = old[..., :n_old]
+        buf[..., n_old:] = old[..., n_old:]
+
+
 def freeze_old_condition_rows(
     module: torch.nn.Module, old_sizes: list[int]
 ) -> list[torch.utils.hooks.RemovableHandle]:

@@ -1,5 +1,6 @@
 """Torch modules: the NB-VAE with its latent score network."""
 
+from ._gaussian import LabelGaussians
 from ._scgm_module import (
     COND_KEY,
     Z_LOC_KEY,
@@ -7,14 +8,17 @@ from ._scgm_module import (
     DiffusionTarget,
     LatentScaling,
     SCGMModule,
+    ScoreBaseline,
 )
 from ._score_net import ScoreNetwork
 
 __all__ = [
     "COND_KEY",
     "DiffusionTarget",
+    "LabelGaussians",
     "LatentScaling",
     "SCGMModule",
+    "ScoreBaseline",
     "ScoreNetwork",
     "Z_LOC_KEY",
     "Z_SCALE_KEY",

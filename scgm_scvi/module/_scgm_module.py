@@ -14,6 +14,7 @@ from scvi.module.base import LossOutput
 
 from scgm_scvi.sde import VPSDE
 
+from ._gaussian import LabelGaussians
 from ._score_net import ScoreNetwork
 
 # keys of the stage-2 minibatches built by :class:`scgm_scvi.data.LatentDataModule`
@@ -23,6 +24,7 @@ COND_KEY = "cond"
 
 DiffusionTarget = Literal["mean", "sample"]
 LatentScaling = Literal["per_dim", "global"]
+ScoreBaseline = Literal["gaussian", "none"]
 
 
 class SCGMModule(VAE):
@@ -52,6 +54,12 @@ class SCGMModule(VAE):
         Scale of the latent dimensions before the SDE: each to unit standard deviation
         (``"per_dim"``) or all by one factor, their root-mean-square standard deviation
         (``"global"``, which keeps dimensions the VAE barely uses small).
+    score_baseline
+        ``"gaussian"``: the network corrects the exact noise prediction of a Gaussian fit to
+        each cell type's latents (:class:`~scgm_scvi.module.LabelGaussians`). ``"none"``: it
+        corrects that of ``N(0, I)``, i.e. plain velocity prediction.
+    gaussian_rank
+        Covariance eigenpairs kept per cell type by the Gaussian baseline.
     beta_min, beta_max
         Linear noise schedule of the VP-SDE.
     **vae_kwargs
@@ -79,6 +87,8 @@ class SCGMModule(VAE):
         p_uncond: float = 0.1,
         diffusion_target: DiffusionTarget = "mean",
         latent_scaling: LatentScaling = "per_dim",
+        score_baseline: ScoreBaseline = "gaussian",
+        gaussian_rank: int = 64,
         beta_min: float = 0.1,
         beta_max: float = 20.0,
         **vae_kwargs,
@@ -86,6 +96,7 @@ class SCGMModule(VAE):
         for name, value, options in (
             ("diffusion_target", diffusion_target, get_args(DiffusionTarget)),
             ("latent_scaling", latent_scaling, get_args(LatentScaling)),
+            ("score_baseline", score_baseline, get_args(ScoreBaseline)),
         ):
             if value not in options:
                 raise ValueError(f"{name} must be one of {list(options)}, got {value!r}.")
@@ -117,6 +128,11 @@ class SCGMModule(VAE):
         self.diffusion_target = diffusion_target
         self.latent_scaling = latent_scaling
         self.sde = VPSDE(beta_min=beta_min, beta_max=beta_max)
+        self.gaussians = (
+            LabelGaussians(n_latent, self.condition_sizes[0], gaussian_rank)
+            if score_baseline == "gaussian"
+            else None
+        )
         # stage-2 state, saved in the state dict: latent standardisation, library size per label
         self.register_buffer("latent_mean", torch.zeros(n_latent))
         self.register_buffer("latent_std", torch.ones(n_latent))
@@ -164,20 +180,32 @@ class SCGMModule(VAE):
             out[:, j] = self.condition_sizes[j]
         return out
 
+    def baseline_eps(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The closed-form part of the noise prediction: the exact ``eps`` of each cell's
+        cell-type Gaussian (``score_baseline="gaussian"``) or of ``N(0, I)`` (``sigma x``)."""
+        alpha, sigma = self.sde.marginal(t)
+        if self.gaussians is None:
+            return sigma[:, None] * x
+        return self.gaussians.eps(x, alpha, sigma, cond[:, 0])
+
     def eps(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Predicted noise at standardised latent ``x``, time ``t`` (shape ``(n,)``).
 
-        The network predicts the velocity ``v = alpha eps - sigma x_0`` (Salimans & Ho 2022),
-        so ``eps = sigma x + alpha v``. At high noise ``eps`` is then almost exactly ``x`` and
-        network errors are damped by ``alpha``; with plain noise prediction those errors are
-        multiplied by ``sigma / alpha`` (about 150 at ``t = T``) in the ODE and the samples blow
-        up.
+        ``eps = baseline + alpha * network``. With the ``N(0, I)`` baseline this is velocity
+        prediction (Salimans & Ho 2022): the network predicts ``v = alpha eps - sigma x_0``.
+        The factor ``alpha`` damps network errors at high noise; with plain noise prediction
+        they are multiplied by ``sigma / alpha`` (about 150 at ``t = T``) in the ODE and the
+        samples blow up.
         """
-        alpha, sigma = self.sde.marginal(t)
-        return sigma[:, None] * x + alpha[:, None] * self.score_net(x, t, cond)
+        alpha, _ = self.sde.marginal(t)
+        return self.baseline_eps(x, t, cond) + alpha[:, None] * self.score_net(x, t, cond)
 
     def diffusion_loss(self, tensors: dict[str, torch.Tensor]) -> LossOutput:
-        """Denoising score-matching loss in the v-parametrisation, uniform time."""
+        """Denoising score-matching loss of :meth:`eps`, uniform time.
+
+        The network's target is ``(noise - baseline) / alpha``, which is ``v`` for the
+        ``N(0, I)`` baseline; the loss weights time as velocity prediction does.
+        """
         z = tensors[Z_LOC_KEY]
         if self.diffusion_target == "sample":
             z = z + tensors[Z_SCALE_KEY] * torch.randn_like(z)
@@ -191,8 +219,8 @@ class SCGMModule(VAE):
         noise = torch.randn_like(x0)
         alpha, sigma = self.sde.marginal(t)
         xt = alpha[:, None] * x0 + sigma[:, None] * noise
-        v = alpha[:, None] * noise - sigma[:, None] * x0
-        per_cell = ((self.score_net(xt, t, cond) - v) ** 2).mean(dim=-1)
+        target = (noise - self.baseline_eps(xt, t, cond)) / alpha[:, None]
+        per_cell = ((self.score_net(xt, t, cond) - target) ** 2).mean(dim=-1)
         return LossOutput(loss=per_cell.mean(), reconstruction_loss=per_cell)
 
     # ------------------------------------------------------------------ decoding

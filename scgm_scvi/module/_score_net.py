@@ -72,7 +72,8 @@ class AdaLNBlock(nn.Module):
 
 
 class ScoreNetwork(nn.Module):
-    """Predicts the noise ``eps`` added to a latent, given time and categorical conditions.
+    """The learned part of the noise prediction, given the noisy latent, the time and the
+    categorical conditions (see :meth:`~scgm_scvi.module.SCGMModule.eps`).
 
     Parameters
     ----------
