@@ -18,7 +18,8 @@ library sizes for their own latents, drawn ones for the score network's):
 - ``train posterior samples``: ``z ~ q(z|x)`` of the training cells, decoded (the recipe of
   ``generation.py``'s scVI baseline, here with SCGM's VAE).
 
-Usage (from the repository root)::
+Usage (from the repository root; the committed runs below except the last were made before the
+Gaussian score baseline: add ``--score-baseline none`` to reproduce them)::
 
     python benchmarks/latent_dims.py --out benchmarks/results/latent_dims/default
     python benchmarks/latent_dims.py --vae-epochs 400 --no-early-stopping \\
@@ -30,6 +31,9 @@ Usage (from the repository root)::
     python benchmarks/latent_dims.py --n-hidden 128 --n-layers 1 --norm batch --vae-epochs 400 \\
         --no-early-stopping --diffusion-batch-size 64 --latent-scaling global \\
         --out benchmarks/results/latent_dims/scvi_arch_global
+    python benchmarks/latent_dims.py --n-hidden 128 --n-layers 1 --norm batch --vae-epochs 400 \\
+        --no-early-stopping --diffusion-batch-size 64 --latent-scaling global \\
+        --out benchmarks/results/latent_dims/scvi_arch_global_gaussian
 """
 
 from __future__ import annotations
