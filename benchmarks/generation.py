@@ -103,6 +103,15 @@ def scvi_posterior_resample(train, sizes, batch_key, max_epochs, seed, plan_kwar
     return sample, seconds, epochs
 
 
+def vae_architecture(n_hidden: int | None, n_layers: int | None, norm: str) -> dict:
+    """``SCGM`` keyword arguments of a VAE architecture; ``None`` keeps SCGM's default size and
+    ``norm="batch"`` is stock scVI's batch norm in place of SCGM's layer norm."""
+    kw = {k: v for k, v in (("n_hidden", n_hidden), ("n_layers", n_layers)) if v is not None}
+    if norm == "batch":
+        kw.update(use_batch_norm="both", use_layer_norm="none")
+    return kw
+
+
 def gaussian_prior_sampler(model: SCGM, train: ad.AnnData, sizes: dict):
     """A Gaussian per cell type in SCGM's VAE latent, decoded by SCGM's decoder."""
     z = model.get_latent_representation(train)
@@ -170,6 +179,17 @@ def main(argv=None):
         default="gaussian",
         help="SCGM(score_baseline=...): what the score network corrects",
     )
+    p.add_argument("--n-hidden", type=int, default=None, help="VAE width (default: SCGM's)")
+    p.add_argument("--n-layers", type=int, default=None, help="VAE depth (default: SCGM's)")
+    p.add_argument(
+        "--norm",
+        choices=["layer", "batch"],
+        default="layer",
+        help="VAE normalisation: SCGM's layer norm (default) or stock scVI's batch norm",
+    )
+    p.add_argument("--latent-scaling", choices=["per_dim", "global"], default="per_dim")
+    p.add_argument("--no-early-stopping", dest="early_stopping", action="store_false")
+    p.add_argument("--diffusion-batch-size", type=int, default=None, help="default: the package's")
     p.add_argument("--out", default=None)
     p.add_argument(
         "--figures-only", action="store_true", help="redraw the figure from --out's summary.csv"
@@ -190,13 +210,26 @@ def main(argv=None):
     sizes = {k: int(v) for k, v in sizes.items() if v > 0}
 
     SCGM.setup_anndata(train, labels_key="cell_type", batch_key=batch_key)
-    model = SCGM(train, score_baseline=args.score_baseline)
+    arch = vae_architecture(args.n_hidden, args.n_layers, args.norm)
+    model = SCGM(
+        train, score_baseline=args.score_baseline, latent_scaling=args.latent_scaling, **arch
+    )
     t0 = time.perf_counter()
     warmup = None if args.kl_warmup is None else {"n_epochs_kl_warmup": args.kl_warmup}
-    model.train_vae(max_epochs=args.vae_epochs, enable_progress_bar=False, plan_kwargs=warmup)
+    model.train_vae(
+        max_epochs=args.vae_epochs,
+        early_stopping=args.early_stopping,
+        enable_progress_bar=False,
+        plan_kwargs=warmup,
+    )
     vae_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    model.train_diffusion(max_epochs=args.diffusion_epochs, enable_progress_bar=False)
+    diffusion_batch = (
+        {} if args.diffusion_batch_size is None else {"batch_size": args.diffusion_batch_size}
+    )
+    model.train_diffusion(
+        max_epochs=args.diffusion_epochs, enable_progress_bar=False, **diffusion_batch
+    )
     diffusion_seconds = time.perf_counter() - t0
     vae_epochs = len(model.history["elbo_train"])
     # scVI as a user runs it: its own epoch heuristic, no early stopping (unless --vae-epochs
@@ -299,6 +332,9 @@ def main(argv=None):
         f"CUDA: {torch.cuda.is_available()}.",
         f"Data: {train.n_obs} train / {test.n_obs} test cells x {train.n_vars} genes; "
         f"split seed 0; generation seeds {args.seeds}; guidance weight 1 unless named.",
+        f"Model: {model._model_summary_string}; VAE {args.norm} norm, early stopping "
+        f"{'on' if args.early_stopping else 'off'}; score-network batch "
+        f"{args.diffusion_batch_size or 'default (256)'}.",
         f"Training: SCGM VAE {vae_epochs} epochs ({vae_seconds:.0f} s), diffusion "
         f"{len(model.diffusion_history_['train_loss'])} epochs ({diffusion_seconds:.0f} s, "
         f"score baseline {args.score_baseline}); "

@@ -70,6 +70,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--score-baseline", choices=["gaussian", "none"], default="gaussian", help="SCGM's"
     )
+    p.add_argument(
+        "--norm",
+        choices=["layer", "batch"],
+        default="layer",
+        help="VAE normalisation: SCGM's layer norm (default) or stock scVI's batch norm",
+    )
     p.add_argument("--strength", type=float, default=0.5, help="SDEdit / ODE strength")
     p.add_argument("--guidance-scale", type=float, default=1.0)
     p.add_argument("--n-samples", type=int, default=1, help="edited cells per control cell")
@@ -162,6 +168,7 @@ def run_cell_type(adata: ad.AnnData, c: str, args) -> dict[str, list[dict]]:
         score_width=args.score_width,
         score_blocks=args.score_blocks,
         score_baseline=args.score_baseline,
+        **({"use_batch_norm": "both", "use_layer_norm": "none"} if args.norm == "batch" else {}),
     )
     kw = {"enable_progress_bar": False, "early_stopping": False}
     # a VAE that reaches the full KL weight edits better by latent arithmetic and by the score
@@ -321,6 +328,7 @@ def main() -> None:
         f"{args.diffusion_epochs} epochs (batch {args.diffusion_batch_size}), n_latent "
         f"{args.n_latent}, n_hidden {args.n_hidden}"
         + (f", n_layers {args.n_layers}" if args.n_layers else "")
+        + f", {args.norm} norm"
         + f", score net {args.score_blocks}x"
         f"{args.score_width} ({args.score_baseline} score baseline); strength {args.strength}, "
         f"guidance {args.guidance_scale}, "

@@ -50,7 +50,7 @@ import scvi
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generation import counts_adata, load, split  # noqa: E402
+from generation import counts_adata, load, split, vae_architecture  # noqa: E402
 
 from scgm_scvi import SCGM  # noqa: E402
 from scgm_scvi.metrics import evaluate  # noqa: E402
@@ -97,10 +97,7 @@ def main(argv=None) -> None:
     big = adata.obs["cell_type"].value_counts().loc[lambda s: s >= 100].index
     scvi.settings.seed = 0
     SCGM.setup_anndata(train, labels_key="cell_type")
-    sizes_kw = {"n_hidden": args.n_hidden, "n_layers": args.n_layers}
-    sizes_kw = {k: v for k, v in sizes_kw.items() if v is not None}
-    if args.norm == "batch":  # stock scVI's architecture
-        sizes_kw.update(use_batch_norm="both", use_layer_norm="none")
+    sizes_kw = vae_architecture(args.n_hidden, args.n_layers, args.norm)
     model = SCGM(
         train,
         latent_scaling=args.latent_scaling,
