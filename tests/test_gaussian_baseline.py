@@ -127,3 +127,16 @@ def test_model_fits_the_baseline_from_its_latents(baseline):
         module.eps(x, t, cond),
         module.baseline_eps(x, t, cond) + alpha[:, None] * module.score_net(x, t, cond),
     )
+
+
+def test_state_without_the_baseline_loads_as_none():
+    """Models saved before the baseline existed keep working, with the baseline they had."""
+    from scgm_scvi.module import SCGMModule
+
+    old = SCGMModule(n_input=20, n_labels=3, n_latent=4, n_hidden=8, score_baseline="none")
+    new = SCGMModule(n_input=20, n_labels=3, n_latent=4, n_hidden=8)
+    with pytest.warns(UserWarning, match="score_baseline='none'"):
+        new.load_state_dict(old.state_dict())
+    assert new.gaussians is None
+    x, t, cond = torch.randn(5, 4), torch.rand(5), torch.zeros(5, 1, dtype=torch.long)
+    torch.testing.assert_close(new.eps(x, t, cond), old.eps(x, t, cond))

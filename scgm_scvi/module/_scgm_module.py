@@ -6,6 +6,7 @@ Keeping both in one module means the stock ``model.save`` / ``SCGM.load`` round-
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal, get_args
 
 import torch
@@ -143,6 +144,20 @@ class SCGMModule(VAE):
     def vae_parameters(self):
         """Parameters of stage 1 (everything except the score network)."""
         return (p for name, p in self.named_parameters() if not name.startswith("score_net."))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As :meth:`torch.nn.Module.load_state_dict`; a state saved before the Gaussian score
+        baseline existed (no ``gaussians.*`` entries) loads with ``score_baseline="none"``, the
+        parametrisation it was trained with."""
+        if self.gaussians is not None and not any(k.startswith("gaussians.") for k in state_dict):
+            warnings.warn(
+                "This model was saved before the Gaussian score baseline existed; it is loaded "
+                "with score_baseline='none', as it was trained.",
+                UserWarning,
+                stacklevel=2,
+            )
+            self.gaussians = None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def set_stage(self, stage: Literal["vae", "diffusion"]) -> None:
         """Make only the parameters of ``stage`` trainable and put the module in train mode.
