@@ -4,7 +4,8 @@ Split: stratified by cell type, 80 % train / 20 % test (seed 0). SCGM and the ba
 the train cells. For every cell type, as many cells are generated as the test split holds.
 Compared in the same run, for each generation seed:
 
-- real floor: train cells vs test cells (a random subsample of train of the test's size per type);
+- real floor: train cells vs test cells (a random subsample of train of the test's size per type,
+  without replacement: repeated cells would inflate the RBF-MMD);
   its ``label_agreement`` is the classifier's accuracy on the real TEST cells (cells it did not
   see), the ceiling that generated cells can be expected to reach;
 - scVI posterior resample: stock ``scvi.model.SCVI`` (NB) on the train cells with scVI's own
@@ -15,7 +16,8 @@ Compared in the same run, for each generation seed:
 - Gaussian prior baseline: a Gaussian per cell type fit to SCGM's own VAE latents (posterior
   means), decoded by the same decoder (isolates what the score model adds);
 - SCGM with each sampler at guidance weight 1 (seconds and network evaluations per 1,000 cells
-  are recorded), and the ODE sampler at the extra guidance weights of ``--extra-guidance``.
+  are recorded), and the ODE sampler at the extra guidance weights of ``--extra-guidance``
+  (at every time, and with ``--guidance-interval`` also only inside that interval of times).
 
 Usage (from the repository root)::
 
@@ -28,6 +30,7 @@ Writes ``report.md``, ``metrics_long.csv`` (every metric, group, method, seed), 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import platform
 import sys
@@ -47,9 +50,11 @@ from sklearn.model_selection import train_test_split
 
 import scgm_scvi
 from scgm_scvi import SCGM
+from scgm_scvi.cli._train import NORM_KWARGS
 from scgm_scvi.metrics import evaluate, label_agreement, summarize_runs
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DEFAULT_DIFFUSION_BATCH = inspect.signature(SCGM.train_diffusion).parameters["batch_size"].default
 HEADLINE = ["w2", "mmd_rbf", "w1", "mmd_linear", "frechet", "label_agreement", "pcc", "rf_auc"]
 
 
@@ -103,13 +108,19 @@ def scvi_posterior_resample(train, sizes, batch_key, max_epochs, seed, plan_kwar
     return sample, seconds, epochs
 
 
-def vae_architecture(n_hidden: int | None, n_layers: int | None, norm: str) -> dict:
-    """``SCGM`` keyword arguments of a VAE architecture; ``None`` keeps SCGM's default size and
-    ``norm="batch"`` is stock scVI's batch norm in place of SCGM's layer norm."""
+def vae_architecture(n_hidden: int | None, n_layers: int | None, norm: str | None) -> dict:
+    """``SCGM`` keyword arguments of a VAE architecture; ``None`` keeps SCGM's default (scVI's
+    1 x 128 with batch norm); ``norm="layer"`` is layer norm in place of batch norm."""
     kw = {k: v for k, v in (("n_hidden", n_hidden), ("n_layers", n_layers)) if v is not None}
-    if norm == "batch":
-        kw.update(use_batch_norm="both", use_layer_norm="none")
+    if norm is not None:
+        kw.update(NORM_KWARGS[norm])
     return kw
+
+
+def vae_norm(model: SCGM) -> str:
+    """``"batch"`` or ``"layer"``: the normalisation in the model's VAE."""
+    kinds = {type(m) for m in model.module.z_encoder.modules()}
+    return "batch" if torch.nn.BatchNorm1d in kinds else "layer"
 
 
 def gaussian_prior_sampler(model: SCGM, train: ad.AnnData, sizes: dict):
@@ -174,6 +185,14 @@ def main(argv=None):
         help="guidance weights for extra ODE rows (the sampler rows use weight 1)",
     )
     p.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("T_LO", "T_HI"),
+        help="also the --extra-guidance rows with guidance only at these times",
+    )
+    p.add_argument(
         "--score-baseline",
         choices=["gaussian", "none"],
         default="gaussian",
@@ -183,12 +202,19 @@ def main(argv=None):
     p.add_argument("--n-layers", type=int, default=None, help="VAE depth (default: SCGM's)")
     p.add_argument(
         "--norm",
-        choices=["layer", "batch"],
-        default="layer",
-        help="VAE normalisation: SCGM's layer norm (default) or stock scVI's batch norm",
+        choices=list(NORM_KWARGS),
+        default=None,
+        help="VAE normalisation (default: SCGM's, stock scVI's batch norm)",
     )
-    p.add_argument("--latent-scaling", choices=["per_dim", "global"], default="per_dim")
-    p.add_argument("--no-early-stopping", dest="early_stopping", action="store_false")
+    p.add_argument(
+        "--latent-scaling", choices=["per_dim", "global"], default=None, help="default: SCGM's"
+    )
+    p.add_argument(
+        "--early-stopping",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="stop the VAE when its validation ELBO stalls (default off, as SCGM and scVI)",
+    )
     p.add_argument("--diffusion-batch-size", type=int, default=None, help="default: the package's")
     p.add_argument("--out", default=None)
     p.add_argument(
@@ -211,9 +237,8 @@ def main(argv=None):
 
     SCGM.setup_anndata(train, labels_key="cell_type", batch_key=batch_key)
     arch = vae_architecture(args.n_hidden, args.n_layers, args.norm)
-    model = SCGM(
-        train, score_baseline=args.score_baseline, latent_scaling=args.latent_scaling, **arch
-    )
+    scaling = {} if args.latent_scaling is None else {"latent_scaling": args.latent_scaling}
+    model = SCGM(train, score_baseline=args.score_baseline, **scaling, **arch)
     t0 = time.perf_counter()
     warmup = None if args.kl_warmup is None else {"n_epochs_kl_warmup": args.kl_warmup}
     model.train_vae(
@@ -249,7 +274,7 @@ def main(argv=None):
         rng = np.random.default_rng(seed)
         floor_idx = np.concatenate(
             [
-                rng.choice(np.flatnonzero(train.obs["cell_type"] == ct), n)
+                rng.choice(np.flatnonzero(train.obs["cell_type"] == ct), n, replace=False)
                 for ct, n in sizes.items()
             ]
         )
@@ -258,15 +283,25 @@ def main(argv=None):
             **baselines,
             "Gaussian per type (SCGM VAE)": prior_sample,
         }
-        runs = [(sampler, 1.0) for sampler in args.samplers]
-        runs += [("ode", w) for w in args.extra_guidance]
-        for sampler, w in runs:
-            name = f"SCGM {sampler}" + (f" (guidance {w:g})" if w != 1.0 else "")
+        runs = [(sampler, 1.0, None) for sampler in args.samplers]
+        runs += [("ode", w, None) for w in args.extra_guidance]
+        if args.guidance_interval:
+            runs += [("ode", w, tuple(args.guidance_interval)) for w in args.extra_guidance]
+        for sampler, w, interval in runs:
+            name = f"SCGM {sampler}"
+            if w != 1.0:
+                where = "every t" if interval is None else "t in [{:g}, {:g}]".format(*interval)
+                name += f" (guidance {w:g}, {where})"
 
-            def gen(s, sampler=sampler, w=w, name=name):
+            def gen(s, sampler=sampler, w=w, interval=interval, name=name):
                 t = time.perf_counter()
                 g = model.generate(
-                    n=None, cell_type=sizes, sampler=sampler, seed=s, guidance_scale=w
+                    n=None,
+                    cell_type=sizes,
+                    sampler=sampler,
+                    seed=s,
+                    guidance_scale=w,
+                    guidance_interval=interval,
                 )
                 secs = time.perf_counter() - t
                 speed.append(
@@ -332,9 +367,9 @@ def main(argv=None):
         f"CUDA: {torch.cuda.is_available()}.",
         f"Data: {train.n_obs} train / {test.n_obs} test cells x {train.n_vars} genes; "
         f"split seed 0; generation seeds {args.seeds}; guidance weight 1 unless named.",
-        f"Model: {model._model_summary_string}; VAE {args.norm} norm, early stopping "
+        f"Model: {model._model_summary_string}; VAE {vae_norm(model)} norm, early stopping "
         f"{'on' if args.early_stopping else 'off'}; score-network batch "
-        f"{args.diffusion_batch_size or 'default (256)'}.",
+        f"{args.diffusion_batch_size or f'default ({DEFAULT_DIFFUSION_BATCH})'}.",
         f"Training: SCGM VAE {vae_epochs} epochs ({vae_seconds:.0f} s), diffusion "
         f"{len(model.diffusion_history_['train_loss'])} epochs ({diffusion_seconds:.0f} s, "
         f"score baseline {args.score_baseline}); "

@@ -11,7 +11,11 @@ measurement), ``gene_mean_shift_balanced`` (per-cell-type differences averaged o
 seen in both conditions) and ``latent_shift`` (scGen-style, balanced over cell types); SCGM
 ``scgm_ode_s<s>`` (DDIB), ``scgm_sdedit_s<s>`` (SDEdit, Euler-Maruyama),
 ``scgm_ode_shift_init_s0.3`` / ``scgm_sdedit_shift_init_s0.1`` (start from the latent-shifted
-cell, ``init="latent_shift"``) and ``scgm_decoder_swap``. Also: a strength sweep and a guidance
+cell, ``init="latent_shift"``) and ``scgm_decoder_swap``; two ceilings that look at the
+held-out truth, ``oracle_best_type_response`` and ``oracle_response_mix`` (the best training
+type's gene-space response, and the least-squares mix of all of them fit to the true response
+on the top DEGs: what transferring the other types' responses can reach at best). Also: a
+strength sweep and a guidance
 sweep of both SCGM methods (distance to the real stimulated cells and to the source cells), the
 change of interferon-stimulated genes, a sampling-noise reference (one half of the real
 stimulated cells against the other half) and ISG edit plots.
@@ -43,6 +47,7 @@ import scipy.sparse as sp
 import scvi
 import torch
 
+from scgm_scvi.cli._train import NORM_KWARGS
 from scgm_scvi.editing import SCGEditor
 from scgm_scvi.metrics import evaluate_edit, top_degs
 from scgm_scvi.model import SCGM
@@ -72,9 +77,9 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument(
         "--norm",
-        choices=["layer", "batch"],
-        default="layer",
-        help="VAE normalisation: SCGM's layer norm (default) or stock scVI's batch norm",
+        choices=list(NORM_KWARGS),
+        default=None,
+        help="VAE normalisation (default: the package's, stock scVI's batch norm)",
     )
     p.add_argument("--strength", type=float, default=0.5, help="SDEdit / ODE strength")
     p.add_argument("--guidance-scale", type=float, default=1.0)
@@ -107,6 +112,27 @@ def _lognorm(X) -> np.ndarray:
     return np.log1p(np.asarray(sp.diags(1e4 / lib) @ X.todense()))
 
 
+def type_responses(train: ad.AnnData) -> dict[str, np.ndarray]:
+    """Per cell type seen in both conditions: mean stim - mean ctrl in log1p(CP10k)."""
+    stim = (train.obs["condition"] == "stim").to_numpy()
+    cell_type = train.obs["cell_type"].to_numpy()
+    L_train = _lognorm(train.X)
+    out = {}
+    for c in pd.unique(cell_type):
+        is_c = cell_type == c
+        if (is_c & stim).any() and (is_c & ~stim).any():
+            out[c] = L_train[is_c & stim].mean(0) - L_train[is_c & ~stim].mean(0)
+    return out
+
+
+def shift_lognorm(ctrl: ad.AnnData, delta: np.ndarray) -> ad.AnnData:
+    """``ctrl`` moved by ``delta`` in log1p(CP10k), as CP10k-scale pseudo-counts (``expm1`` of
+    the shifted values), which the metrics normalise again; they are not integers, so the
+    metrics' count warning is silenced."""
+    shifted = np.expm1(np.clip(_lognorm(ctrl.X) + delta, 0, None))
+    return ad.AnnData(sp.csr_matrix(shifted), obs=ctrl.obs.copy(), var=ctrl.var.copy())
+
+
 def lognorm_mean_shift(ctrl: ad.AnnData, train: ad.AnnData, balanced: bool = False) -> ad.AnnData:
     """Gene-space baseline: add (mean stim - mean ctrl) of the training cells in log1p(CP10k).
 
@@ -114,26 +140,35 @@ def lognorm_mean_shift(ctrl: ad.AnnData, train: ad.AnnData, balanced: bool = Fal
     it also carries the difference in cell-type composition between the two conditions (the
     held-out type is only in ``ctrl``). ``balanced=True``: the per-cell-type differences,
     averaged with equal weights over the types present in both conditions (scGen's balancing).
-
-    Returned as CP10k-scale pseudo-counts (``expm1`` of the shifted values), which the metrics
-    normalise again; they are not integers, so the metrics' count warning is silenced.
     """
-    cond = train.obs["condition"].to_numpy()
-    cell_type = train.obs["cell_type"].to_numpy()
-    L_train = _lognorm(train.X)
     if balanced:
-        deltas = [
-            L_train[(cell_type == c) & (cond == "stim")].mean(0)
-            - L_train[(cell_type == c) & (cond == "ctrl")].mean(0)
-            for c in pd.unique(cell_type)
-            if ((cell_type == c) & (cond == "stim")).any()
-            and ((cell_type == c) & (cond == "ctrl")).any()
-        ]
-        delta = np.mean(deltas, axis=0)
+        delta = np.mean(list(type_responses(train).values()), axis=0)
     else:
+        cond = train.obs["condition"].to_numpy()
+        L_train = _lognorm(train.X)
         delta = L_train[cond == "stim"].mean(0) - L_train[cond == "ctrl"].mean(0)
-    shifted = np.expm1(np.clip(_lognorm(ctrl.X) + delta, 0, None))
-    return ad.AnnData(sp.csr_matrix(shifted), obs=ctrl.obs.copy(), var=ctrl.var.copy())
+    return shift_lognorm(ctrl, delta)
+
+
+def response_transfer_oracles(ctrl, stim, train, degs, evaluate_fn) -> dict[str, ad.AnnData]:
+    """Ceilings for any method that transfers the other types' responses in gene space.
+
+    Both look at the held-out truth, so they are not methods but upper references:
+    ``oracle_best_type_response`` adds the response of the one training type whose response
+    scores best (R2 on the top DEGs); ``oracle_response_mix`` adds the least-squares
+    combination of all training types' responses fit to the true response on the top DEGs.
+    """
+    responses = type_responses(train)
+    shifted = {c: shift_lognorm(ctrl, d) for c, d in responses.items()}
+    scores = {c: evaluate_fn(a, stim, ctrl, degs)["r2_mean_top_degs"] for c, a in shifted.items()}
+    idx = ctrl.var_names.get_indexer(degs)
+    truth = _lognorm(stim.X)[:, idx].mean(0) - _lognorm(ctrl.X)[:, idx].mean(0)
+    D = np.stack(list(responses.values()), axis=1)
+    weights, *_ = np.linalg.lstsq(D[idx], truth, rcond=None)
+    return {
+        "oracle_best_type_response": shifted[max(scores, key=scores.get)],
+        "oracle_response_mix": shift_lognorm(ctrl, D @ weights),
+    }
 
 
 def evaluate(edited, real, ctrl, degs) -> dict[str, float]:
@@ -168,7 +203,7 @@ def run_cell_type(adata: ad.AnnData, c: str, args) -> dict[str, list[dict]]:
         score_width=args.score_width,
         score_blocks=args.score_blocks,
         score_baseline=args.score_baseline,
-        **({"use_batch_norm": "both", "use_layer_norm": "none"} if args.norm == "batch" else {}),
+        **({} if args.norm is None else NORM_KWARGS[args.norm]),
     )
     kw = {"enable_progress_bar": False, "early_stopping": False}
     # a VAE that reaches the full KL weight edits better by latent arithmetic and by the score
@@ -200,6 +235,7 @@ def run_cell_type(adata: ad.AnnData, c: str, args) -> dict[str, list[dict]]:
         "gene_mean_shift": lognorm_mean_shift(ctrl_c, train),
         "gene_mean_shift_balanced": lognorm_mean_shift(ctrl_c, train, balanced=True),
         "latent_shift": editor.edit(ctrl_c, target, method="latent_shift", **common),
+        **response_transfer_oracles(ctrl_c, stim_c, train, degs, evaluate),
     }
     seconds, nfe = {}, {}
     for name, kwargs in scgm.items():
@@ -262,7 +298,16 @@ def run_cell_type(adata: ad.AnnData, c: str, args) -> dict[str, list[dict]]:
         f"{time.time() - t:.0f} s",
         flush=True,
     )
-    return {"rows": rows, "sweep": sweep, "isg": isg, "ceiling": ceiling, "train_s": [train_s]}
+    kinds = {type(m) for m in model.module.modules()}
+    norm = "batch" if torch.nn.BatchNorm1d in kinds else "layer"
+    return {
+        "rows": rows,
+        "sweep": sweep,
+        "isg": isg,
+        "ceiling": ceiling,
+        "train_s": [train_s],
+        "model": [f"{model._model_summary_string}, {norm} norm"],
+    }
 
 
 def plot_edit(ctrl, edited, real, cell_type, method, out: Path) -> None:
@@ -298,7 +343,7 @@ def main() -> None:
     adata = ad.read_h5ad(args.data)
     cell_types = args.cell_types or list(adata.obs["cell_type"].cat.categories)
     t0 = time.time()
-    res: dict[str, list] = {"rows": [], "sweep": [], "isg": [], "ceiling": [], "train_s": []}
+    res: dict[str, list] = {k: [] for k in ("rows", "sweep", "isg", "ceiling", "train_s", "model")}
     for c in cell_types:
         for key, value in run_cell_type(adata, c, args).items():
             res[key] += value
@@ -325,12 +370,8 @@ def main() -> None:
         f'Protocol "Editing" of `evaluation.md`. Data: `{args.data.name}`; '
         f"{len(cell_types)} held-out cell types; VAE {args.epochs} epochs (KL warm-up "
         f"{args.kl_warmup or 400} epochs), diffusion "
-        f"{args.diffusion_epochs} epochs (batch {args.diffusion_batch_size}), n_latent "
-        f"{args.n_latent}, n_hidden {args.n_hidden}"
-        + (f", n_layers {args.n_layers}" if args.n_layers else "")
-        + f", {args.norm} norm"
-        + f", score net {args.score_blocks}x"
-        f"{args.score_width} ({args.score_baseline} score baseline); strength {args.strength}, "
+        f"{args.diffusion_epochs} epochs (batch {args.diffusion_batch_size}); model: "
+        f"{res['model'][0]}; strength {args.strength}, "
         f"guidance {args.guidance_scale}, "
         f"n_samples {args.n_samples}; seed {args.seed}; {args.threads} thread(s); total "
         f"{time.time() - t0:.0f} s (training {np.sum(res['train_s']):.0f} s).",

@@ -18,8 +18,10 @@ library sizes for their own latents, drawn ones for the score network's):
 - ``train posterior samples``: ``z ~ q(z|x)`` of the training cells, decoded (the recipe of
   ``generation.py``'s scVI baseline, here with SCGM's VAE).
 
-Usage (from the repository root; the committed runs below except the last were made before the
-Gaussian score baseline: add ``--score-baseline none`` to reproduce them)::
+Usage (from the repository root). The committed runs below were made before the package's
+defaults became scVI's VAE architecture with global scaling (check out commit 9a021be to rerun
+them as they were), and all but the last before the Gaussian score baseline (add
+``--score-baseline none`` there)::
 
     python benchmarks/latent_dims.py --out benchmarks/results/latent_dims/default
     python benchmarks/latent_dims.py --vae-epochs 400 --no-early-stopping \\
@@ -50,7 +52,7 @@ import scvi
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generation import counts_adata, load, split, vae_architecture  # noqa: E402
+from generation import counts_adata, load, split, vae_architecture, vae_norm  # noqa: E402
 
 from scgm_scvi import SCGM  # noqa: E402
 from scgm_scvi.metrics import evaluate  # noqa: E402
@@ -70,19 +72,19 @@ def score(test, train, X, cell_types, var_names, big, seed) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--vae-epochs", type=int, default=None, help="default: scVI's heuristic")
-    p.add_argument("--no-early-stopping", dest="early_stopping", action="store_false")
+    p.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--kl-warmup", type=int, default=None, help="default: scVI's 400 epochs")
     p.add_argument("--diffusion-epochs", type=int, default=600)
-    p.add_argument("--diffusion-batch-size", type=int, default=256)
+    p.add_argument("--diffusion-batch-size", type=int, default=64)
     p.add_argument("--n-hidden", type=int, default=None, help="VAE width (default: SCGM's)")
     p.add_argument("--n-layers", type=int, default=None, help="VAE depth (default: SCGM's)")
-    p.add_argument("--latent-scaling", choices=["per_dim", "global"], default="per_dim")
+    p.add_argument("--latent-scaling", choices=["per_dim", "global"], default="global")
     p.add_argument("--score-baseline", choices=["gaussian", "none"], default="gaussian")
     p.add_argument(
         "--norm",
         choices=["layer", "batch"],
-        default="layer",
-        help="VAE normalisation: SCGM's layer norm (default) or stock scVI's batch norm",
+        default=None,
+        help="VAE normalisation (default: SCGM's, stock scVI's batch norm)",
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/latent_dims/default"))
@@ -174,7 +176,7 @@ def main(argv=None) -> None:
         f"Command: `python benchmarks/latent_dims.py {command}`",
         "",
         f"PBMC 3k split of `generation.py`; VAE {arch['n_layers']} x {arch['n_hidden']} hidden "
-        f"({args.norm} norm), "
+        f"({vae_norm(model)} norm), "
         f"{vae_epochs} epochs ({vae_seconds:.0f} s, early "
         f"stopping {'on' if args.early_stopping else 'off'}, KL warm-up "
         f"{args.kl_warmup or 400} epochs), score network {args.diffusion_epochs} epochs "

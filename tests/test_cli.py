@@ -218,34 +218,42 @@ def test_train_writes_a_loadable_model(workspace):
     summary = json.loads((model_dir / "scgm_train.json").read_text())
     assert summary["n_cells"] == 200 and summary["vae_epochs"] == 3
     assert summary["kl_warmup_epochs"] == 400  # scVI's default
+    assert summary["vae"]["norm"] == "batch" and summary["latent_scaling"] == "global"
     assert summary["conditions"]["condition"] == ["ctrl", "stim"]
     model = scgm_scvi.SCGM.load(str(model_dir))
     assert model.diffusion_trained_ and model.module.n_latent == 8
     assert model.registry_["setup_args"]["categorical_covariate_keys"] == ["condition"]
 
 
-def test_train_kl_warmup_and_latent_scaling(workspace, tmp_path, monkeypatch):
-    """``--kl-warmup`` reaches the VAE's training plan, ``--latent-scaling`` and
-    ``--score-baseline`` the module; all are recorded."""
+def test_train_options_reach_the_model(workspace, tmp_path, monkeypatch):
+    """``--kl-warmup`` and ``--early-stopping`` reach the VAE's training, ``--norm``,
+    ``--latent-scaling`` and ``--score-baseline`` the module, ``--diffusion-batch-size`` stage 2;
+    all are recorded."""
     seen = {}
-    original = scgm_scvi.SCGM.train_vae
+    for stage in ("train_vae", "train_diffusion"):
+        original = getattr(scgm_scvi.SCGM, stage)
 
-    def train_vae(self, *args, **kwargs):
-        seen.update(kwargs.get("plan_kwargs") or {})
-        return original(self, *args, **kwargs)
+        def wrapped(self, *args, _original=original, _stage=stage, **kwargs):
+            seen[_stage] = kwargs
+            return _original(self, *args, **kwargs)
 
-    monkeypatch.setattr(scgm_scvi.SCGM, "train_vae", train_vae)
+        monkeypatch.setattr(scgm_scvi.SCGM, stage, wrapped)
     argv = ["train", str(workspace / "toy.h5ad"), "--out", str(tmp_path / "m")]
-    argv += ["--labels-key", "cell_type", "--kl-warmup", "2", "--latent-scaling", "global"]
-    argv += ["--score-baseline", "none"]
+    argv += ["--labels-key", "cell_type", "--kl-warmup", "2", "--latent-scaling", "per_dim"]
+    argv += ["--score-baseline", "none", "--norm", "layer", "--early-stopping"]
+    argv += ["--diffusion-batch-size", "32"]
     assert cli.main([*argv, *TINY_ARGS, *FAST_ARGS, "--no-progress"]) == 0
-    assert seen == {"n_epochs_kl_warmup": 2}
+    assert seen["train_vae"]["plan_kwargs"] == {"n_epochs_kl_warmup": 2}
+    assert seen["train_vae"]["early_stopping"] is True
+    assert seen["train_diffusion"]["batch_size"] == 32
     summary = json.loads((tmp_path / "m" / "scgm_train.json").read_text())
-    assert summary["kl_warmup_epochs"] == 2 and summary["latent_scaling"] == "global"
-    assert summary["score_baseline"] == "none"
+    assert summary["kl_warmup_epochs"] == 2 and summary["latent_scaling"] == "per_dim"
+    assert summary["score_baseline"] == "none" and summary["vae"]["norm"] == "layer"
+    assert summary["diffusion_batch_size"] == 32
     module = scgm_scvi.SCGM.load(str(tmp_path / "m")).module
-    assert module.latent_scaling == "global" and module.gaussians is None
-    assert torch.allclose(module.latent_std, module.latent_std[0].expand_as(module.latent_std))
+    assert module.latent_scaling == "per_dim" and module.gaussians is None
+    layers = [type(m) for m in module.z_encoder.modules()]
+    assert torch.nn.LayerNorm in layers and torch.nn.BatchNorm1d not in layers
 
 
 def test_stage2_choices_match_the_module():
@@ -317,6 +325,7 @@ def test_generate_options(workspace):
     argv = ["generate", str(workspace / "model"), "--out", str(out), "--n", "10"]
     argv += ["--cell-type", "A", "--cell-type", "B", "--covariate", "condition=stim"]
     argv += ["--sampler", "ode_euler", "--n-steps", "5", "--guidance-scale", "2", "--progress"]
+    argv += ["--guidance-interval", "0.1", "0.9"]
     assert cli.main([*argv, "--precision", "bf16-mixed"]) == 0
     generated = ad.read_h5ad(out)
     assert generated.obs["cell_type"].value_counts().to_dict() == {"A": 5, "B": 5, "C": 0}
@@ -324,6 +333,7 @@ def test_generate_options(workspace):
     assert generated.uns["scgm"]["n_steps"] == 5
     assert generated.uns["scgm"]["precision"] == "bf16-mixed"
     assert generated.uns["scgm"]["guidance_scale"] == 2.0
+    np.testing.assert_allclose(generated.uns["scgm"]["guidance_interval"], [0.1, 0.9])
     # default: training proportions; same seed, same cells
     again = workspace / "gen_default.h5ad"
     assert cli.main(["generate", str(workspace / "model"), "--out", str(again), "--n", "25"]) == 0
@@ -482,7 +492,7 @@ def test_every_command_has_help(command, capsys):
     for option in {
         "train": ["--labels-key", "--batch-key", "--covariate", "--layer", "--max-epochs"],
         "generate": ["--n", "--cell-type", "--sampler", "--n-steps", "--guidance-scale"],
-        "edit": ["--target", "--strength", "--method", "--select"],
+        "edit": ["--target", "--strength", "--method", "--select", "--guidance-interval"],
         "evaluate": ["--groupby", "--metrics", "--control"],
         "demo": ["--quick"],
     }[command]:

@@ -296,6 +296,22 @@ def test_guidance_reference_source(editor, source):
         editor.edit(source, target, guidance_reference="other")
 
 
+def test_guidance_interval(editor, source):
+    target = {"condition": "stim"}
+    kw = {"strength": 0.6, "n_steps": 10, "seed": 0, "method": "ode", "guidance_scale": 2.0}
+    everywhere = editor.edit(source, target, **kw)
+    limited = editor.edit(source, target, guidance_interval=(0.2, 0.7), **kw)
+    # an interval above t0 = strength never applies: the plain conditional edit
+    above = editor.edit(source, target, guidance_interval=(0.8, 1.0), **kw)
+    plain = editor.edit(source, target, **{**kw, "guidance_scale": 1.0})
+    assert limited.uns["scgm_edit"]["guidance_interval"] == [0.2, 0.7]
+    assert everywhere.uns["scgm_edit"]["guidance_interval"] == "none"
+    np.testing.assert_allclose(above.obsm["X_scgm_edited"], plain.obsm["X_scgm_edited"], atol=1e-5)
+    assert not np.allclose(limited.obsm["X_scgm_edited"], everywhere.obsm["X_scgm_edited"])
+    with pytest.raises(ValueError, match="guidance_interval"):
+        editor.edit(source, target, guidance_interval=(0.5, 0.1))
+
+
 def test_latent_shift_is_balanced_over_strata(trained):
     """The shift is the mean of the differences within each stratum of the other condition
     columns (here label x batch), not the difference of the pooled (composition-biased) means."""

@@ -52,6 +52,7 @@ def assert_generated(g, model, n: int) -> None:
         "sampler",
         "n_steps",
         "guidance_scale",
+        "guidance_interval",
         "precision",
         "seed",
         "network_evaluations_per_cell",
@@ -367,6 +368,7 @@ def test_generate_each_sampler(trained, sampler):
         "sampler": sampler,
         "n_steps": 8,
         "guidance_scale": 1.0,
+        "guidance_interval": "none",
         "precision": "32-true",
         "seed": 1,
         "network_evaluations_per_cell": 8 * evals,
@@ -382,6 +384,22 @@ def test_generate_guidance(trained):
     assert not np.allclose(plain.obsm["X_scgm"], guided.obsm["X_scgm"])
     # same noise, same conditions: only the guidance changes the latents
     pd.testing.assert_frame_equal(plain.obs, guided.obs)
+
+
+def test_generate_guidance_interval(trained):
+    model, _ = trained
+    kw = {"n": 10, "cell_type": "label_0", "n_steps": 5, "guidance_scale": 2.0, "seed": 0}
+    everywhere = model.generate(**kw)  # default: guidance at every time
+    limited = model.generate(**kw, guidance_interval=(0.2, 0.7))
+    all_times = model.generate(**kw, guidance_interval=(0.0, 1.0))
+    plain = model.generate(**{**kw, "guidance_scale": 1.0})
+    assert limited.uns["scgm"]["guidance_interval"] == [0.2, 0.7]
+    assert everywhere.uns["scgm"]["guidance_interval"] == "none"
+    np.testing.assert_array_equal(all_times.obsm["X_scgm"], everywhere.obsm["X_scgm"])
+    for other in (everywhere, plain):
+        assert not np.allclose(limited.obsm["X_scgm"], other.obsm["X_scgm"])
+    with pytest.raises(ValueError, match="guidance_interval"):
+        model.generate(**kw, guidance_interval=(0.7, 0.2))
 
 
 @pytest.mark.parametrize(
@@ -557,6 +575,9 @@ def test_decode_latent(trained):
         z, transform="normalized", batch=["batch_1"] * 200, library_size=50.0, batch_size=17
     )
     np.testing.assert_allclose(norm_lib, norm, rtol=1e-5, atol=1e-7)
+    # batch norm decodes with its running statistics: a cell alone decodes as in a crowd
+    alone = model.decode_latent(z[:3], transform="normalized", batch="batch_1", batch_size=1)
+    np.testing.assert_allclose(alone, norm[:3], rtol=1e-5, atol=1e-7)
     # ... but does depend on the batch (the decoder is batch-conditional)
     norm_b0 = model.decode_latent(z, transform="normalized", batch="batch_0")
     assert not np.allclose(norm_b0, norm)
@@ -663,3 +684,32 @@ def test_load_with_adata(trained, saved):
         warnings.simplefilter("ignore")
         loaded.train_diffusion(max_epochs=1, **FIT)
     assert loaded.diffusion_trained_
+
+
+def test_norm_options_and_saves_that_predate_them(tmp_path):
+    """Batch norm by default; a save without the norm options (earlier development versions,
+    whose VAE had layer norm) loads with layer norm and generates as before."""
+
+    def kinds(model):
+        return {type(m) for m in model.module.z_encoder.modules()}
+
+    adata = make_adata()
+    assert torch.nn.BatchNorm1d in kinds(make_model(adata))
+    scgm_scvi.SCGM.setup_anndata(adata, labels_key="labels", batch_key="batch")
+    old = scgm_scvi.SCGM(adata, use_batch_norm="none", use_layer_norm="both", **TINY)
+    assert kinds(old) & {torch.nn.BatchNorm1d, torch.nn.LayerNorm} == {torch.nn.LayerNorm}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        old.train(max_epochs=2, diffusion_max_epochs=2, **FIT)
+    old.save(str(tmp_path / "m"))
+    path = tmp_path / "m" / "model.pt"
+    saved = torch.load(path, weights_only=False)
+    for key in ("use_batch_norm", "use_layer_norm"):
+        del saved["attr_dict"]["init_params_"]["non_kwargs"][key]
+    torch.save(saved, path)
+    (tmp_path / "m" / "scgm_manifest.json").unlink()  # the file changed: drop its checksum
+    loaded = scgm_scvi.SCGM.load(str(tmp_path / "m"))
+    assert kinds(loaded) & {torch.nn.BatchNorm1d, torch.nn.LayerNorm} == {torch.nn.LayerNorm}
+    np.testing.assert_array_equal(
+        loaded.generate(n=6, seed=0).X.toarray(), old.generate(n=6, seed=0).X.toarray()
+    )

@@ -17,6 +17,7 @@ import torch
 from scgm_scvi.samplers import (
     EVALS_PER_STEP,
     SAMPLERS,
+    check_guidance_interval,
     classifier_free_guidance,
     sample_ode_euler,
     sample_ode_heun,
@@ -262,6 +263,34 @@ def test_classifier_free_guidance():
     torch.testing.assert_close(
         classifier_free_guidance(_toy_net, cond, null, 3.0)(x, t), eps_u + 3.0 * (eps_c - eps_u)
     )
+
+
+def test_classifier_free_guidance_interval():
+    """Inside ``[t_lo, t_hi]`` the guided prediction, outside the plain conditional one."""
+    torch.manual_seed(5)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    cond = torch.tensor([[0, 1], [1, 0], [2, 1], [1, 1]])
+    null = cond.clone()
+    null[:, 0] = 3
+    guided = classifier_free_guidance(_toy_net, cond, null, 2.5, interval=(0.2, 0.7))
+    everywhere = classifier_free_guidance(_toy_net, cond, null, 2.5)
+    for t, inside in ((0.1, False), (0.2, True), (0.45, True), (0.7, True), (0.9, False)):
+        t = torch.tensor(t, dtype=torch.float64)
+        eps_c = _toy_net(x, t.expand(4), cond)
+        expected = everywhere(x, t) if inside else eps_c
+        torch.testing.assert_close(guided(x, t), expected)
+    # w = 1 ignores the interval
+    t = torch.tensor(0.45, dtype=torch.float64)
+    torch.testing.assert_close(
+        classifier_free_guidance(_toy_net, cond, null, 1.0, interval=(0.2, 0.7))(x, t),
+        _toy_net(x, t.expand(4), cond),
+    )
+
+
+@pytest.mark.parametrize("interval", [(0.7, 0.2), (-0.1, 0.5), (0.3,), "ab", (0.5, 0.5)])
+def test_guidance_interval_checked(interval):
+    with pytest.raises(ValueError, match="guidance_interval"):
+        check_guidance_interval(interval)
 
 
 def test_classifier_free_guidance_batches_one_call():

@@ -75,6 +75,26 @@ def unit_interval(text: str) -> float:
     return value
 
 
+def add_guidance_options(group, target: str) -> None:
+    """``--guidance-scale`` and ``--guidance-interval`` of ``generate`` and ``edit``."""
+    group.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=1.0,
+        help=f"classifier-free guidance weight on {target}: 1 = plain conditional model, > 1 "
+        "pushes harder toward it (default 1)",
+    )
+    group.add_argument(
+        "--guidance-interval",
+        type=unit_interval,
+        nargs=2,
+        default=None,
+        metavar=("T_LO", "T_HI"),
+        help="guide only at these times of the reverse process (0 = data, 1 = noise), e.g. "
+        "0.2 0.7 (default: at every time)",
+    )
+
+
 def key_value(text: str) -> tuple[str, str]:
     """Argparse type: ``KEY=VALUE`` (the value may itself contain ``=``)."""
     key, sep, value = text.partition("=")

@@ -11,6 +11,7 @@ import numpy as np
 from ._common import (
     CLIError,
     HelpFormatter,
+    add_guidance_options,
     add_overwrite_option,
     add_runtime_options,
     check_counts,
@@ -128,12 +129,7 @@ def add_parser(sub) -> None:
         default=None,
         help="steps from --strength down to 0 (default: the sampler's density x --strength)",
     )
-    how.add_argument(
-        "--guidance-scale",
-        type=float,
-        default=1.0,
-        help="classifier-free guidance weight on the target (1 = plain conditional model)",
-    )
+    add_guidance_options(how, "the target")
     how.add_argument(
         "--n-samples", type=positive_int, default=1, help="edited cells per source cell (1)"
     )
@@ -213,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
                 sampler=args.sampler,
                 n_steps=args.n_steps,
                 guidance_scale=args.guidance_scale,
+                guidance_interval=args.guidance_interval,
                 n_samples=args.n_samples,
                 seed=args.seed,
                 reference=reference,

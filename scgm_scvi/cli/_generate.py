@@ -9,6 +9,7 @@ from pathlib import Path
 from ._common import (
     CLIError,
     HelpFormatter,
+    add_guidance_options,
     add_overwrite_option,
     add_runtime_options,
     check_out_file,
@@ -107,13 +108,7 @@ def add_parser(sub) -> None:
         default=None,
         help="sampler steps (default: ode 25, ode_euler 50, euler_maruyama 500, pc 250)",
     )
-    how.add_argument(
-        "--guidance-scale",
-        type=float,
-        default=1.0,
-        help="classifier-free guidance weight: 1 = plain conditional model, > 1 more typical "
-        "cells of the requested type (default 1)",
-    )
+    add_guidance_options(how, "the cell type")
     how.add_argument(
         "--batch-size", type=non_negative_int, default=2048, help="cells per chunk (2048)"
     )
@@ -193,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
                 sampler=args.sampler,
                 n_steps=args.n_steps,
                 guidance_scale=args.guidance_scale,
+                guidance_interval=args.guidance_interval,
                 seed=args.seed,
                 batch_size=args.batch_size or 2048,
                 progress_bar=show_progress(args),

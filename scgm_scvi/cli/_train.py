@@ -33,6 +33,12 @@ SUMMARY_FILE = "scgm_train.json"
 #: does not import torch
 LATENT_SCALINGS = ("per_dim", "global")
 SCORE_BASELINES = ("gaussian", "none")
+#: ``--norm``: the VAE's normalisation layers
+NORM_KWARGS = {
+    "batch": {"use_batch_norm": "both", "use_layer_norm": "none"},
+    "layer": {"use_batch_norm": "none", "use_layer_norm": "both"},
+}
+NORMS = tuple(NORM_KWARGS)
 
 
 def add_parser(sub) -> None:
@@ -104,10 +110,16 @@ def add_parser(sub) -> None:
         "--diffusion-max-epochs",
         type=positive_int,
         default=None,
-        help="score-network epochs (default: about 10,000 steps, between 100 and 2,000 epochs)",
+        help="score-network epochs (default: about 20,000 steps, between 1 and 2,000 epochs)",
     )
     fit.add_argument(
         "--batch-size", type=positive_int, default=128, help="VAE minibatch (default 128)"
+    )
+    fit.add_argument(
+        "--diffusion-batch-size",
+        type=positive_int,
+        default=64,
+        help="score-network minibatch (default 64)",
     )
     fit.add_argument(
         "--kl-warmup",
@@ -117,15 +129,22 @@ def add_parser(sub) -> None:
         "eighth of --max-epochs helped editing and hurt generation (docs: concepts)",
     )
     fit.add_argument(
-        "--no-early-stopping",
-        dest="early_stopping",
-        action="store_false",
-        help="train the VAE for all --max-epochs (default: stop when validation ELBO stalls)",
+        "--early-stopping",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="stop the VAE when its validation ELBO stalls (default: off, as in scVI: train "
+        "for all --max-epochs)",
     )
     net = p.add_argument_group("networks")
     net.add_argument("--n-latent", type=positive_int, default=256, help="latent size (256)")
-    net.add_argument("--n-hidden", type=positive_int, default=512, help="VAE width (512)")
-    net.add_argument("--n-layers", type=positive_int, default=2, help="VAE layers (2)")
+    net.add_argument("--n-hidden", type=positive_int, default=128, help="VAE width (128)")
+    net.add_argument("--n-layers", type=positive_int, default=1, help="VAE layers (1)")
+    net.add_argument(
+        "--norm",
+        choices=NORMS,
+        default="batch",
+        help="normalisation in the VAE: scVI's batch norm (default) or layer norm",
+    )
     net.add_argument("--score-width", type=positive_int, default=256, help="score width (256)")
     net.add_argument(
         "--score-blocks", type=non_negative_int, default=4, help="score residual blocks (4)"
@@ -133,10 +152,10 @@ def add_parser(sub) -> None:
     net.add_argument(
         "--latent-scaling",
         choices=LATENT_SCALINGS,
-        default="per_dim",
-        help="scale of the latent before the SDE: each dimension to unit std (per_dim) or all "
-        "by one factor (global, which keeps dimensions the VAE barely uses small; docs: "
-        "concepts)",
+        default="global",
+        help="scale of the latent before the SDE: all dimensions by one factor (global, "
+        "default; keeps dimensions the VAE barely uses small) or each to unit std (per_dim); "
+        "docs: concepts",
     )
     net.add_argument(
         "--score-baseline",
@@ -211,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
                 n_latent=args.n_latent,
                 n_hidden=args.n_hidden,
                 n_layers=args.n_layers,
+                **NORM_KWARGS[args.norm],
                 score_width=args.score_width,
                 score_blocks=args.score_blocks,
                 latent_scaling=args.latent_scaling,
@@ -239,7 +259,9 @@ def run(args: argparse.Namespace) -> int:
     log(f"VAE done in {t_vae:.0f} s ({vae_epochs} epochs)")
     log("training stage 2 (score network)")
     with quiet_warnings():
-        model.train_diffusion(max_epochs=args.diffusion_max_epochs, **fit)
+        model.train_diffusion(
+            max_epochs=args.diffusion_max_epochs, batch_size=args.diffusion_batch_size, **fit
+        )
     t_all = time.perf_counter() - t0
     n_diff = len(model.diffusion_history_.get("train_loss", []))
     log(f"score network done in {t_all - t_vae:.0f} s ({n_diff} epochs)")
@@ -257,6 +279,8 @@ def run(args: argparse.Namespace) -> int:
         "vae_epochs": vae_epochs,
         "kl_warmup_epochs": kl_warmup,
         "diffusion_epochs": n_diff,
+        "vae": {"n_hidden": args.n_hidden, "n_layers": args.n_layers, "norm": args.norm},
+        "diffusion_batch_size": args.diffusion_batch_size,
         "latent_scaling": args.latent_scaling,
         "score_baseline": args.score_baseline,
         "train_seconds": round(t_all, 1),

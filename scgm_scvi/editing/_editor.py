@@ -21,6 +21,7 @@ from scgm_scvi.model._mudata import as_registered_mudata, rna_anndata
 from scgm_scvi.samplers import (
     EVALS_PER_STEP,
     SAMPLERS,
+    check_guidance_interval,
     classifier_free_guidance,
     gene_guidance,
 )
@@ -109,6 +110,7 @@ class SCGEditor:
         sampler: Sampler | None = None,
         n_steps: int | None = None,
         guidance_scale: float = 1.0,
+        guidance_interval: tuple[float, float] | None = None,
         genes: Mapping[str, float | Literal["up", "down"]] | None = None,
         gene_guidance_scale: float = 1.0,
         n_samples: int = 1,
@@ -152,6 +154,10 @@ class SCGEditor:
         guidance_scale
             Classifier-free guidance weight on the target columns (1 = plain conditional model,
             > 1 pushes harder toward the target).
+        guidance_interval
+            ``(t_lo, t_hi)``: times at which guidance applies, as in
+            :meth:`~scgm_scvi.SCGM.generate` (an edit from ``t0 = strength`` only meets the part
+            below ``t0``); ``None``: at every time.
         genes
             Gene-level constraints applied at every reverse step through the decoder
             (reconstruction guidance): ``"up"`` / ``"down"`` push the decoded expression of a
@@ -205,6 +211,7 @@ class SCGEditor:
         method, sampler, n_steps, t0 = self._check_options(method, sampler, n_steps, strength)
         if init not in ("source", "latent_shift"):
             raise ValueError(f"init must be 'source' or 'latent_shift', got {init!r}.")
+        check_guidance_interval(guidance_interval)
         if guidance_reference not in ("null", "source"):
             raise ValueError(
                 f"guidance_reference must be 'null' or 'source', got {guidance_reference!r}."
@@ -267,8 +274,7 @@ class SCGEditor:
                 sampler=sampler,
                 n_steps=n_steps,
                 t0=t0,
-                guidance_scale=guidance_scale,
-                guidance_reference=guidance_reference,
+                guidance=(guidance_scale, guidance_interval, guidance_reference),
                 genes=(gene_idx, gene_target, gene_dir, gene_guidance_scale),
                 seed=seed,
                 step_callback=step_callback,
@@ -290,6 +296,9 @@ class SCGEditor:
             "sampler": sampler or "none",
             "n_steps": int(n_steps),
             "guidance_scale": float(guidance_scale),
+            "guidance_interval": "none"
+            if guidance_interval is None
+            else [float(v) for v in guidance_interval],
             "guidance_reference": guidance_reference,
             "init": init,
             "genes": {
@@ -584,8 +593,7 @@ class SCGEditor:
         sampler,
         n_steps,
         t0,
-        guidance_scale,
-        guidance_reference,
+        guidance,
         genes,
         seed,
         step_callback,
@@ -596,6 +604,7 @@ class SCGEditor:
         module = self.model.module
         sde = module.sde
         device = x0.device
+        guidance_scale, guidance_interval, guidance_reference = guidance
         spacing = "karras" if sampler in ODE_SAMPLERS else "uniform"
         ts = sde.time_grid(n_steps, t_start=t0, spacing=spacing, device=device)
         sample_fn = SAMPLERS[sampler]
@@ -627,7 +636,9 @@ class SCGEditor:
                 c_ref = cond_src[rows]
             else:
                 c_ref = module.null_condition(c_tgt, changed)
-            eps_tgt = classifier_free_guidance(module.eps, c_tgt, c_ref, guidance_scale)
+            eps_tgt = classifier_free_guidance(
+                module.eps, c_tgt, c_ref, guidance_scale, guidance_interval
+            )
             if gene_idx is not None and gene_scale != 0:
                 eps_tgt = gene_guidance(
                     eps_tgt,

@@ -41,8 +41,9 @@ class SCGMModule(VAE):
     n_hidden, n_latent, n_layers, dropout_rate, dispersion, gene_likelihood
         VAE architecture, as in :class:`~scvi.module.VAE`.
     use_batch_norm, use_layer_norm
-        Normalisation in the VAE; layer norm by default so that decoding a cell never depends on
-        which cells share its minibatch.
+        Normalisation in the VAE; scVI's batch norm by default. Outside training the module is in
+        eval mode, where batch norm uses its running statistics, so a cell decodes the same way
+        whatever cells share its minibatch.
     score_width, score_blocks, score_dropout
         Size of the score network.
     p_uncond
@@ -72,22 +73,22 @@ class SCGMModule(VAE):
         n_input: int,
         n_batch: int = 0,
         n_labels: int = 0,
-        n_hidden: int = 256,
+        n_hidden: int = 128,
         n_latent: int = 256,
-        n_layers: int = 2,
+        n_layers: int = 1,
         n_continuous_cov: int = 0,
         n_cats_per_cov: list[int] | None = None,
         dropout_rate: float = 0.1,
         dispersion: Literal["gene", "gene-batch", "gene-label", "gene-cell"] = "gene",
         gene_likelihood: Literal["nb", "zinb", "poisson"] = "nb",
-        use_batch_norm: Literal["encoder", "decoder", "none", "both"] = "none",
-        use_layer_norm: Literal["encoder", "decoder", "none", "both"] = "both",
+        use_batch_norm: Literal["encoder", "decoder", "none", "both"] = "both",
+        use_layer_norm: Literal["encoder", "decoder", "none", "both"] = "none",
         score_width: int = 256,
         score_blocks: int = 4,
         score_dropout: float = 0.0,
         p_uncond: float = 0.1,
         diffusion_target: DiffusionTarget = "mean",
-        latent_scaling: LatentScaling = "per_dim",
+        latent_scaling: LatentScaling = "global",
         score_baseline: ScoreBaseline = "gaussian",
         gaussian_rank: int = 64,
         beta_min: float = 0.1,

@@ -1,6 +1,10 @@
 """Reverse-process samplers and guidance, shared by generation and editing."""
 
-from ._guidance import classifier_free_guidance, gene_guidance
+from ._guidance import (
+    check_guidance_interval,
+    classifier_free_guidance,
+    gene_guidance,
+)
 from ._samplers import (
     EVALS_PER_STEP,
     SAMPLERS,
@@ -13,6 +17,7 @@ from ._samplers import (
 __all__ = [
     "EVALS_PER_STEP",
     "SAMPLERS",
+    "check_guidance_interval",
     "classifier_free_guidance",
     "gene_guidance",
     "sample_euler_maruyama",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -14,12 +15,22 @@ def classifier_free_guidance(
     cond: torch.Tensor,
     null_cond: torch.Tensor,
     guidance_scale: float,
+    interval: tuple[float, float] | None = None,
 ) -> EpsFn:
-    """Classifier-free guidance (Ho & Salimans 2022).
+    """Classifier-free guidance (Ho & Salimans 2022), optionally in a limited time interval.
 
     ``eps = eps(x | null) + w (eps(x | cond) - eps(x | null))``: ``w = 1`` is the plain
     conditional model, ``w > 1`` sharpens the condition, ``w = 0`` ignores it. For ``w != 1`` the
     conditional and unconditional predictions come from one batched network call.
+
+    With ``interval = (t_lo, t_hi)`` the weight is ``w`` only at times ``t_lo <= t <= t_hi`` and
+    1 elsewhere (Kynkaanniemi et al. 2024). Guidance at high noise moves every cell's trajectory
+    toward a mean extrapolated past the condition's own (``mu_null + w (mu_cond - mu_null)``),
+    which costs diversity; at low noise, for Gaussian-like conditions, it gives the guided
+    density the precision ``P_cond + (w - 1)(P_cond - P_null)``, which can turn negative in
+    directions where the condition is wider than the population and then sends cells off the
+    data. The switch is a tensor operation on ``t``, so there is no host synchronisation; both
+    predictions are computed at every step.
 
     Parameters
     ----------
@@ -32,16 +43,37 @@ def classifier_free_guidance(
         The same shape with the "no condition" codes in the guided columns.
     guidance_scale
         ``w`` above.
+    interval
+        ``(t_lo, t_hi)`` in units of the SDE's time, or ``None`` for guidance at every time.
     """
     if guidance_scale == 1.0:
         return lambda x, t: net_fn(x, t.expand(x.shape[0]), cond)
     both = torch.cat([cond, null_cond])
+    lo, hi = check_guidance_interval(interval)
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         eps_c, eps_u = net_fn(torch.cat([x, x]), t.expand(2 * x.shape[0]), both).chunk(2)
-        return eps_u + guidance_scale * (eps_c - eps_u)
+        inside = ((t >= lo) & (t <= hi)).to(eps_c.dtype)
+        return eps_u + (1.0 + (guidance_scale - 1.0) * inside) * (eps_c - eps_u)
 
     return eps_fn
+
+
+def check_guidance_interval(interval: tuple[float, float] | None) -> tuple[float, float]:
+    """``(t_lo, t_hi)`` of a guidance interval (``None``: all times), checked."""
+    if interval is None:
+        return -math.inf, math.inf
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"guidance_interval must be None or a pair (t_lo, t_hi), got {interval!r}."
+        ) from None
+    if not 0.0 <= lo < hi:
+        raise ValueError(
+            f"guidance_interval (t_lo, t_hi) needs 0 <= t_lo < t_hi, got {interval!r}."
+        )
+    return lo, hi
 
 
 def gene_guidance(
