@@ -136,8 +136,9 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         covariance of rank ``gaussian_rank`` plus an isotropic rest) and let the score network
         learn only the correction to its exact score. ``"none"``: the network learns the whole
         score (velocity prediction). On PBMC 3k the baseline lowered the W2 of ODE-sampled cells
-        from 12.90 to 12.76 (``benchmarks/results/pbmc3k``), and from 12.88 to 12.68 with stock
-        scVI's VAE architecture (``benchmarks/results/latent_dims``).
+        from 12.90 to 12.76 with the earlier 2 x 512 layer-norm VAE (``benchmarks/results/pbmc3k``
+        at commit 9a021be), and from 12.88 to 12.68 with scVI's VAE architecture
+        (``benchmarks/results/latent_dims``).
     gaussian_rank
         Covariance eigenpairs kept per cell type by the Gaussian baseline.
     **module_kwargs

@@ -53,8 +53,10 @@ def classifier_free_guidance(
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         eps_c, eps_u = net_fn(torch.cat([x, x]), t.expand(2 * x.shape[0]), both).chunk(2)
-        inside = ((t >= lo) & (t <= hi)).to(eps_c.dtype)
-        return eps_u + (1.0 + (guidance_scale - 1.0) * inside) * (eps_c - eps_u)
+        w = guidance_scale
+        if interval is not None:  # w inside [lo, hi], 1 outside, without leaving the device
+            w = 1.0 + (guidance_scale - 1.0) * ((t >= lo) & (t <= hi)).to(eps_c.dtype)
+        return eps_u + w * (eps_c - eps_u)
 
     return eps_fn
 
