@@ -14,6 +14,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 import scvi
 import torch
 from conftest import FIT, make_adata, make_model
@@ -22,6 +23,7 @@ from lightning.pytorch.callbacks import Callback
 import scgm_scvi
 from scgm_scvi.data import LatentDataModule
 from scgm_scvi.data._latent_datamodule import DiskTensor, RowWriter
+from scgm_scvi.model._stream import stack_rows
 
 
 def _state(model):
@@ -205,6 +207,26 @@ def test_row_writer_and_disk_tensor(tmp_path):
         short = RowWriter(4, 3, np.float32)
         short.append(torch.zeros(3, 3))
         short.finish()
+
+
+def test_stack_rows_equals_vstack_and_releases_blocks():
+    rng = np.random.default_rng(0)
+    dense = [rng.poisson(0.3, size=(n, 7)).astype(np.float32) for n in (5, 1, 9)]
+    blocks = [sp.csr_matrix(b) for b in dense]
+    expected = sp.vstack(blocks, format="csr")
+    given = list(blocks)
+    stacked = stack_rows(given)
+    assert given == []  # each block is released once copied
+    assert isinstance(stacked, sp.csr_matrix) and stacked.shape == (15, 7)
+    assert stacked.dtype == np.float32 and stacked.has_sorted_indices
+    np.testing.assert_array_equal(stacked.toarray(), expected.toarray())
+    np.testing.assert_array_equal(stacked.indptr, expected.indptr)
+    latents = [rng.normal(size=(n, 3)).astype(np.float32) for n in (4, 2)]
+    np.testing.assert_array_equal(stack_rows(list(latents)), np.concatenate(latents))
+    empty_rows = stack_rows([sp.csr_matrix((2, 7), dtype=np.float32), blocks[1]])
+    np.testing.assert_array_equal(empty_rows.toarray()[2], dense[1][0])
+    with pytest.raises(ValueError, match="at least one block"):
+        stack_rows([])
 
 
 def test_stage2_latents_on_disk_train_like_memory(tmp_path, monkeypatch):

@@ -69,7 +69,7 @@ from ._query import (
     grow_condition_embeddings,
     grow_label_gaussians,
 )
-from ._stream import H5ADStreamWriter
+from ._stream import H5ADStreamWriter, stack_rows
 
 logger = logging.getLogger(__name__)
 
@@ -1171,7 +1171,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
                     out.append(_to_csr(px.sample()))
                 else:
                     out.append(px.scale.cpu().numpy())
-        return sp.vstack(out, format="csr") if transform == "counts" else np.concatenate(out)
+        return stack_rows(out)
 
     @torch.inference_mode()
     def generate(
@@ -1276,11 +1276,15 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             precision, guidance_interval,
         )  # fmt: skip
         if out is None:
-            Xs, zs = zip(*chunks, strict=True)
+            Xs, zs = [], []
+            for X, z in chunks:
+                Xs.append(X)
+                if latent_key is not None:
+                    zs.append(z)
             obs.index = [f"scgm_{i}" for i in range(len(obs))]
-            adata = AnnData(X=sp.vstack(Xs, format="csr"), obs=obs, var=var)
+            adata = AnnData(X=stack_rows(Xs), obs=obs, var=var)
             if latent_key is not None:
-                adata.obsm[latent_key] = np.concatenate(zs)
+                adata.obsm[latent_key] = stack_rows(zs)
             adata.uns.update(uns)
             return adata
         writer = H5ADStreamWriter(

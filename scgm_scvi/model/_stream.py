@@ -142,3 +142,41 @@ class H5ADStreamWriter:
         finally:
             if os.path.exists(self.tmp):
                 os.remove(self.tmp)
+
+
+def stack_rows(blocks: list) -> sp.csr_matrix | np.ndarray:
+    """Stack row blocks (all CSR or all dense) into one matrix, emptying ``blocks`` as it goes.
+
+    ``scipy.sparse.vstack`` and ``np.concatenate`` hold every block and the result at once, about
+    twice the output at the end of an in-memory ``generate``. Here the result is allocated empty
+    (the operating system commits its pages as they are written) and each block is released
+    once copied, so the peak is about the output plus one block.
+    """
+    if not blocks:
+        raise ValueError("stack_rows needs at least one block.")
+    blocks.reverse()  # pop() from the end, in the original order
+    n_rows = sum(b.shape[0] for b in blocks)
+    if not sp.issparse(blocks[0]):
+        out = np.empty((n_rows, *blocks[0].shape[1:]), dtype=blocks[0].dtype)
+        start = 0
+        while blocks:
+            block = blocks.pop()
+            out[start : start + len(block)] = block
+            start += len(block)
+        return out
+    n_cols = blocks[0].shape[1]
+    nnz = sum(b.nnz for b in blocks)
+    index_dtype = np.int32 if max(nnz, n_cols) <= np.iinfo(np.int32).max else np.int64
+    data = np.empty(nnz, dtype=blocks[0].dtype)
+    indices = np.empty(nnz, dtype=index_dtype)
+    indptr = np.zeros(n_rows + 1, dtype=index_dtype)
+    row = pos = 0
+    while blocks:
+        block = blocks.pop().tocsr()
+        block.sum_duplicates()  # canonical (sorted, unique) indices, as vstack would give
+        end = pos + block.nnz
+        data[pos:end] = block.data
+        indices[pos:end] = block.indices
+        indptr[row + 1 : row + 1 + block.shape[0]] = block.indptr[1:].astype(index_dtype) + pos
+        row, pos = row + block.shape[0], end
+    return sp.csr_matrix((data, indices, indptr), shape=(n_rows, n_cols), copy=False)
