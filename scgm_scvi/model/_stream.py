@@ -151,6 +151,15 @@ def stack_rows(blocks: list) -> sp.csr_matrix | np.ndarray:
     twice the output at the end of an in-memory ``generate``. Here the result is allocated empty
     (the operating system commits its pages as they are written) and each block is released
     once copied, so the peak is about the output plus one block.
+
+    Parameters
+    ----------
+    blocks
+        Row blocks with equal column counts, all scipy sparse or all numpy arrays; emptied.
+
+    Returns
+    -------
+    One CSR matrix (canonical: sorted, unique indices) or one array, rows in block order.
     """
     if not blocks:
         raise ValueError("stack_rows needs at least one block.")

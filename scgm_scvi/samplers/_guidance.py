@@ -62,7 +62,22 @@ def classifier_free_guidance(
 
 
 def check_guidance_interval(interval: tuple[float, float] | None) -> tuple[float, float]:
-    """``(t_lo, t_hi)`` of a guidance interval (``None``: all times), checked."""
+    """Check a guidance interval and return its bounds.
+
+    Parameters
+    ----------
+    interval
+        ``(t_lo, t_hi)`` with ``0 <= t_lo < t_hi`` in units of the SDE's time, or ``None``.
+
+    Returns
+    -------
+    ``(t_lo, t_hi)`` as floats; ``(-inf, inf)`` (every time) for ``None``.
+
+    Raises
+    ------
+    ValueError
+        If ``interval`` is not a pair of numbers with ``0 <= t_lo < t_hi``.
+    """
     if interval is None:
         return -math.inf, math.inf
     try:
