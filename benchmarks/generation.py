@@ -55,7 +55,13 @@ from scgm_scvi.metrics import evaluate, label_agreement, summarize_runs
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_DIFFUSION_BATCH = inspect.signature(SCGM.train_diffusion).parameters["batch_size"].default
-HEADLINE = ["w2", "mmd_rbf", "w1", "mmd_linear", "frechet", "label_agreement", "pcc", "rf_auc"]
+HEADLINE = [
+    "w2", "mmd_rbf", "w1", "mmd_linear", "frechet", "label_agreement", "pcc", "rf_auc", "knn_auc",
+    "novelty_median_ratio", "near_duplicate_share",
+]  # fmt: skip
+DEFAULTS_ROW = "SCGM (defaults)"
+_GEN = inspect.signature(SCGM.generate).parameters
+DEFAULT_RUN = (_GEN["sampler"].default, _GEN["guidance_scale"].default, None)
 
 
 def load(name: str) -> tuple[ad.AnnData, str | None]:
@@ -84,13 +90,23 @@ def counts_adata(X, cell_types, var_names) -> ad.AnnData:
     return ad.AnnData(X, obs=obs, var=pd.DataFrame(index=var_names))
 
 
-def scvi_posterior_resample(train, sizes, batch_key, max_epochs, seed, plan_kwargs=None):
-    """Stock scVI baseline: resample train cells of each type through q(z|x) and the decoder."""
+def scvi_posterior_resample(
+    train, sizes, batch_key, max_epochs, seed, plan_kwargs=None, model_dir=None
+):
+    """Stock scVI baseline: resample train cells of each type through q(z|x) and the decoder.
+
+    With ``model_dir``, a model saved there is loaded instead of trained (and a trained one is
+    saved there)."""
     a = train.copy()
     scvi.model.SCVI.setup_anndata(a, labels_key="cell_type", batch_key=batch_key)
-    model = scvi.model.SCVI(a, gene_likelihood="nb")
     t0 = time.perf_counter()
-    model.train(max_epochs=max_epochs, enable_progress_bar=False, plan_kwargs=plan_kwargs)
+    if model_dir is not None and Path(model_dir).exists():
+        model = scvi.model.SCVI.load(str(model_dir), adata=a)
+    else:
+        model = scvi.model.SCVI(a, gene_likelihood="nb")
+        model.train(max_epochs=max_epochs, enable_progress_bar=False, plan_kwargs=plan_kwargs)
+        if model_dir is not None:
+            model.save(str(model_dir))
     seconds = time.perf_counter() - t0
     epochs = len(model.history["elbo_train"])
 
@@ -123,30 +139,103 @@ def vae_norm(model: SCGM) -> str:
     return "batch" if torch.nn.BatchNorm1d in kinds else "layer"
 
 
-def gaussian_prior_sampler(model: SCGM, train: ad.AnnData, sizes: dict):
-    """A Gaussian per cell type in SCGM's VAE latent, decoded by SCGM's decoder."""
-    z = model.get_latent_representation(train)
-    labels = train.obs["cell_type"].to_numpy()
-    lib = np.log(np.asarray(train.X.sum(1)).ravel())
+def _draw_cells(labels: np.ndarray, sizes: dict, rng: np.random.Generator) -> np.ndarray:
+    """Indices of training cells, ``sizes[ct]`` of each type, drawn with replacement."""
+    return np.concatenate([rng.choice(np.flatnonzero(labels == ct), n) for ct, n in sizes.items()])
 
-    def sample(gen_seed):
-        rng = np.random.default_rng(gen_seed)
-        zs, cts, libs = [], [], []
-        for ct, n in sizes.items():
-            zc = z[labels == ct]
-            cov = np.cov(zc, rowvar=False) + 1e-4 * np.eye(z.shape[1])
-            zs.append(rng.multivariate_normal(zc.mean(0), cov, size=n, method="eigh"))
-            cts += [ct] * n
-            libs.append(rng.choice(lib[labels == ct], n))
-        X = model.decode_latent(
-            np.concatenate(zs).astype(np.float32),
-            cell_type=cts,
-            library_size=np.exp(np.concatenate(libs)),
-            seed=gen_seed,
+
+class ErrorBudget:
+    """Rows that walk from the real floor to SCGM changing one thing at a time (issue 16).
+
+    Each sampler returns counts decoded by SCGM's own decoder; ``lib`` and ``batch`` are the
+    log library size and batch name of each decoded cell (a training cell's own, or those of an
+    independently drawn training cell of the same type, as :meth:`SCGM.generate` draws them).
+    """
+
+    def __init__(self, model: SCGM, train: ad.AnnData, test: ad.AnnData, sizes: dict, batch_key):
+        self.model, self.sizes, self.batch_key = model, sizes, batch_key
+        self.train_mean, train_var = model.get_latent_representation(train, return_dist=True)
+        self.train_std = np.sqrt(train_var)
+        self.test_mean, test_var = model.get_latent_representation(test, return_dist=True)
+        self.test_std = np.sqrt(test_var)
+        self.labels = train.obs["cell_type"].to_numpy()
+        self.test_labels = test.obs["cell_type"].to_numpy()
+        self.lib = np.asarray(train.X.sum(1)).ravel()
+        self.test_lib = np.asarray(test.X.sum(1)).ravel()
+        self.batch = None if batch_key is None else train.obs[batch_key].astype(str).to_numpy()
+        self.test_batch = None if batch_key is None else test.obs[batch_key].astype(str).to_numpy()
+
+    def _decode(self, z, labels, lib, batch, seed):
+        X = self.model.decode_latent(
+            z.astype(np.float32), cell_type=labels, library_size=lib, batch=batch, seed=seed
         )
-        return counts_adata(X, cts, model.var_names_)
+        return counts_adata(X, labels, self.model.var_names_)
 
-    return sample
+    def reconstruct_test(self, seed):
+        rng = np.random.default_rng(seed)
+        z = self.test_mean + self.test_std * rng.standard_normal(self.test_mean.shape)
+        return self._decode(z, self.test_labels, self.test_lib, self.test_batch, seed)
+
+    def resample(self, seed, posterior: str = "sample", drawn_covariates: bool = False):
+        rng = np.random.default_rng(seed)
+        idx = _draw_cells(self.labels, self.sizes, rng)
+        z = self.train_mean[idx]
+        if posterior == "sample":
+            z = z + self.train_std[idx] * rng.standard_normal(z.shape)
+        # library and batch of the cell itself, or of another cell of its type (as generate)
+        cov = _draw_cells(self.labels, self.sizes, rng) if drawn_covariates else idx
+        batch = None if self.batch is None else self.batch[cov]
+        return self._decode(z, self.labels[idx], self.lib[cov], batch, seed)
+
+    def gaussian(self, seed):
+        rng = np.random.default_rng(seed)
+        zs = []
+        for ct, n in self.sizes.items():
+            zc = self.train_mean[self.labels == ct]
+            cov = np.cov(zc, rowvar=False) + 1e-4 * np.eye(zc.shape[1])
+            zs.append(rng.multivariate_normal(zc.mean(0), cov, size=n, method="eigh"))
+        cov_idx = _draw_cells(self.labels, self.sizes, rng)
+        batch = None if self.batch is None else self.batch[cov_idx]
+        return self._decode(
+            np.concatenate(zs), self.labels[cov_idx], self.lib[cov_idx], batch, seed
+        )
+
+    def neighbour_covariates(self, seed, posterior_noise: bool = False):
+        """Lever: SCGM's latents decoded with the library and batch of the training cell whose
+        posterior mean is nearest (same type), i.e. library drawn given the latent; with
+        ``posterior_noise`` that cell's posterior noise is added to the latent too."""
+        from sklearn.neighbors import NearestNeighbors
+
+        g = self.model.generate(n=None, cell_type=self.sizes, seed=seed, progress_bar=False)
+        z, cts = g.obsm["X_scgm"], g.obs["cell_type"].astype(str).to_numpy()
+        nn = np.empty(len(z), dtype=np.int64)
+        for ct in np.unique(cts):
+            pool = np.flatnonzero(self.labels == ct)
+            rows = np.flatnonzero(cts == ct)
+            fit = NearestNeighbors(n_neighbors=1).fit(self.train_mean[pool])
+            nn[rows] = pool[fit.kneighbors(z[rows], return_distance=False)[:, 0]]
+        if posterior_noise:
+            rng = np.random.default_rng(seed)
+            z = z + self.train_std[nn] * rng.standard_normal(z.shape)
+        batch = None if self.batch is None else self.batch[nn]
+        return self._decode(z, cts, self.lib[nn], batch, seed)
+
+    def rows(self) -> dict:
+        return {
+            "budget 1: VAE reconstructs test cells (z ~ q, own library)": self.reconstruct_test,
+            "budget 2: VAE resamples train cells (z ~ q, own library)": self.resample,
+            "budget 3: posterior means, own library": lambda s: self.resample(s, "mean"),
+            "budget 4: posterior means, library + batch drawn as generate": lambda s: (
+                self.resample(s, "mean", drawn_covariates=True)
+            ),
+            "budget 5: Gaussian per type (library + batch drawn)": self.gaussian,
+            "lever: SCGM, library + batch of the nearest training latent": (
+                self.neighbour_covariates
+            ),
+            "lever: same + that cell's posterior noise": lambda s: self.neighbour_covariates(
+                s, posterior_noise=True
+            ),
+        }
 
 
 def write_figures(out: Path) -> None:
@@ -216,6 +305,17 @@ def main(argv=None):
         help="stop the VAE when its validation ELBO stalls (default off, as SCGM and scVI)",
     )
     p.add_argument("--diffusion-batch-size", type=int, default=None, help="default: the package's")
+    p.add_argument(
+        "--model-dir",
+        default=None,
+        help="save the trained SCGM and scVI here, or load them from here when present",
+    )
+    p.add_argument(
+        "--budget",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the error-budget rows (real floor -> VAE -> Gaussian -> SCGM)",
+    )
     p.add_argument("--out", default=None)
     p.add_argument(
         "--figures-only", action="store_true", help="redraw the figure from --out's summary.csv"
@@ -236,38 +336,51 @@ def main(argv=None):
     sizes = {k: int(v) for k, v in sizes.items() if v > 0}
 
     SCGM.setup_anndata(train, labels_key="cell_type", batch_key=batch_key)
-    arch = vae_architecture(args.n_hidden, args.n_layers, args.norm)
-    scaling = {} if args.latent_scaling is None else {"latent_scaling": args.latent_scaling}
-    model = SCGM(train, score_baseline=args.score_baseline, **scaling, **arch)
-    t0 = time.perf_counter()
+    model_dir = None if args.model_dir is None else Path(args.model_dir)
     warmup = None if args.kl_warmup is None else {"n_epochs_kl_warmup": args.kl_warmup}
-    model.train_vae(
-        max_epochs=args.vae_epochs,
-        early_stopping=args.early_stopping,
-        enable_progress_bar=False,
-        plan_kwargs=warmup,
-    )
-    vae_seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    diffusion_batch = (
-        {} if args.diffusion_batch_size is None else {"batch_size": args.diffusion_batch_size}
-    )
-    model.train_diffusion(
-        max_epochs=args.diffusion_epochs, enable_progress_bar=False, **diffusion_batch
-    )
-    diffusion_seconds = time.perf_counter() - t0
+    vae_seconds = diffusion_seconds = float("nan")  # nan: loaded from --model-dir
+    if model_dir is not None and (model_dir / "scgm").exists():
+        # a file this script wrote (older runs: pickled)
+        model = SCGM.load(str(model_dir / "scgm"), adata=train, allow_pickle=True)
+    else:
+        arch = vae_architecture(args.n_hidden, args.n_layers, args.norm)
+        scaling = {} if args.latent_scaling is None else {"latent_scaling": args.latent_scaling}
+        model = SCGM(train, score_baseline=args.score_baseline, **scaling, **arch)
+        t0 = time.perf_counter()
+        model.train_vae(
+            max_epochs=args.vae_epochs,
+            early_stopping=args.early_stopping,
+            enable_progress_bar=False,
+            plan_kwargs=warmup,
+        )
+        vae_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        diffusion_batch = (
+            {} if args.diffusion_batch_size is None else {"batch_size": args.diffusion_batch_size}
+        )
+        model.train_diffusion(
+            max_epochs=args.diffusion_epochs, enable_progress_bar=False, **diffusion_batch
+        )
+        diffusion_seconds = time.perf_counter() - t0
+        if model_dir is not None:
+            model.save(str(model_dir / "scgm"))
     vae_epochs = len(model.history["elbo_train"])
     # scVI as a user runs it: its own epoch heuristic, no early stopping (unless --vae-epochs
     # fixes the same budget for both)
     scvi_sample, scvi_seconds, scvi_epochs = scvi_posterior_resample(
-        train, sizes, batch_key, args.vae_epochs, seed=0
-    )
+        train, sizes, batch_key, args.vae_epochs, seed=0,
+        model_dir=None if model_dir is None else model_dir / "scvi",
+    )  # fmt: skip
     baselines = {"scVI posterior resample": scvi_sample}
     if warmup is not None:
         baselines[f"scVI posterior resample (KL warm-up {args.kl_warmup})"] = (
             scvi_posterior_resample(train, sizes, batch_key, args.vae_epochs, 0, warmup)[0]
         )
-    prior_sample = gaussian_prior_sampler(model, train, sizes)
+    budget = ErrorBudget(model, train, test, sizes, batch_key)
+    if args.budget:
+        baselines.update(budget.rows())
+    else:
+        baselines["budget 5: Gaussian per type (library + batch drawn)"] = budget.gaussian
 
     rows, speed = [], []
     for seed in args.seeds:
@@ -281,14 +394,13 @@ def main(argv=None):
         candidates = {
             "real floor (train vs test)": lambda s, idx=floor_idx: train[idx].copy(),
             **baselines,
-            "Gaussian per type (SCGM VAE)": prior_sample,
         }
         runs = [(sampler, 1.0, None) for sampler in args.samplers]
         runs += [("ode", w, None) for w in args.extra_guidance]
         if args.guidance_interval:
             runs += [("ode", w, tuple(args.guidance_interval)) for w in args.extra_guidance]
         for sampler, w, interval in runs:
-            name = f"SCGM {sampler}"
+            name = DEFAULTS_ROW if (sampler, w, interval) == DEFAULT_RUN else f"SCGM {sampler}"
             if w != 1.0:
                 where = "every t" if interval is None else "t in [{:g}, {:g}]".format(*interval)
                 name += f" (guidance {w:g}, {where})"
@@ -340,10 +452,10 @@ def main(argv=None):
     )
     speed_summary.to_csv(out / "speed.csv")
 
-    head = summary[(summary["group"] == "mean") & summary["metric"].isin(HEADLINE[:5])]
-    head = pd.concat(
-        [head, summary[(summary["group"] == "all") & summary["metric"].isin(HEADLINE[5:])]]
-    )
+    # a metric's pooled value ("all") where it has one, else its mean over cell types
+    has_all = set(summary.loc[summary["group"] == "all", "metric"])
+    head = summary[summary["metric"].isin(HEADLINE)]
+    head = head[head["group"] == np.where(head["metric"].isin(has_all), "all", "mean")]
     table = head.assign(
         value=lambda d: d["mean"].map("{:.4g}".format) + " ± " + d["sem"].map("{:.2g}".format)
     )

@@ -348,7 +348,19 @@ def write_h5ad(adata, out: Path) -> None:
     tmp.replace(out)
 
 
-def load_model(model_dir: Path, accelerator: str = "auto"):
+def add_allow_pickle_option(parser: argparse.ArgumentParser) -> None:
+    """``--allow-pickle``: read a model saved by scgm_scvi before 0.2 (see ``SCGM.load``)."""
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help=(
+            "also read a model saved by scgm_scvi before 0.2, whose file needs Python's "
+            "unpickler, which can run code: only for model files you trust"
+        ),
+    )
+
+
+def load_model(model_dir: Path, accelerator: str = "auto", allow_pickle: bool = False):
     """Load a model directory written by ``scgm-scvi train`` (or ``SCGM.save``)."""
     from scgm_scvi import SCGM
 
@@ -361,7 +373,9 @@ def load_model(model_dir: Path, accelerator: str = "auto"):
         )
     try:
         with quiet_warnings():
-            model = SCGM.load(str(model_dir), adata=None, accelerator=accelerator)
+            model = SCGM.load(
+                str(model_dir), adata=None, allow_pickle=allow_pickle, accelerator=accelerator
+            )
     except Exception as exc:  # noqa: BLE001 - a corrupt or foreign directory is a user error
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise CLIError(f"cannot load the model in {str(model_dir)!r}: {first}") from None

@@ -11,6 +11,7 @@ import numpy as np
 from ._common import (
     CLIError,
     HelpFormatter,
+    add_allow_pickle_option,
     add_guidance_options,
     add_overwrite_option,
     add_runtime_options,
@@ -137,6 +138,7 @@ def add_parser(sub) -> None:
         "--batch-size", type=non_negative_int, default=1024, help="cells per chunk (1024)"
     )
     add_runtime_options(p)
+    add_allow_pickle_option(p)
     add_overwrite_option(p, "--out file")
     p.set_defaults(func=run)
 
@@ -168,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     cells = rna_view(data, modality)
     del data
     setup_runtime(args)
-    model = load_model(args.model, args.accelerator)
+    model = load_model(args.model, args.accelerator, args.allow_pickle)
     target = resolve_covariates(model, args.target, "--target", allow_labels=True)
 
     setup = model.registry_["setup_args"]

@@ -9,6 +9,7 @@ from pathlib import Path
 from ._common import (
     CLIError,
     HelpFormatter,
+    add_allow_pickle_option,
     add_guidance_options,
     add_overwrite_option,
     add_runtime_options,
@@ -120,6 +121,7 @@ def add_parser(sub) -> None:
         "bfloat16 units (default 32-true)",
     )
     add_runtime_options(p)
+    add_allow_pickle_option(p)
     add_overwrite_option(p, "--out file")
     p.set_defaults(func=run)
 
@@ -158,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     check_out_file(args.out, args.overwrite, (".h5ad",))
     n, cell_type = parse_cell_types(args.cell_type, args.n)
     setup_runtime(args)
-    model = load_model(args.model, args.accelerator)
+    model = load_model(args.model, args.accelerator, args.allow_pickle)
     covariates = resolve_covariates(model, args.covariate, "--covariate")
     label = model.conditions_["columns"][0]
     if cell_type is not None:

@@ -17,6 +17,7 @@ from mudata import MuData
 from scvi import REGISTRY_KEYS
 from tqdm.auto import tqdm
 
+from scgm_scvi.model._checks import check_counts, check_finite, check_sampling_args
 from scgm_scvi.model._mudata import as_registered_mudata, rna_anndata
 from scgm_scvi.samplers import (
     EVALS_PER_STEP,
@@ -208,6 +209,8 @@ class SCGEditor:
         edit parameters.
         """
         model, module = self.model, self.model.module
+        check_sampling_args(n_steps, guidance_scale, seed, batch_size)
+        check_finite(gene_guidance_scale, "gene_guidance_scale", minimum=0.0)
         method, sampler, n_steps, t0 = self._check_options(method, sampler, n_steps, strength)
         if init not in ("source", "latent_shift"):
             raise ValueError(f"init must be 'source' or 'latent_shift', got {init!r}.")
@@ -318,7 +321,11 @@ class SCGEditor:
     def _check_options(self, method, sampler, n_steps, strength):
         if method not in ("sdedit", "ode", "latent_shift"):
             raise ValueError(f"method must be 'sdedit', 'ode' or 'latent_shift', got {method!r}.")
-        if not isinstance(strength, int | float | np.floating) or not 0 < strength <= 1:
+        if (
+            not isinstance(strength, int | float | np.floating)
+            or isinstance(strength, bool)
+            or not 0 < strength <= 1
+        ):
             raise ValueError(f"strength must be in (0, 1], got {strength!r}.")
         sde = self.model.module.sde
         t0 = max(float(strength) * sde.T, sde.eps)  # below eps the reverse grid would increase
@@ -477,6 +484,7 @@ class SCGEditor:
         data = adata.X if layer is None else adata.layers[layer]
         data = data[:, adata.var_names.get_indexer(genes)]
         data = data.copy() if sp.issparse(data) else np.array(data, copy=True)
+        check_counts(data, "X" if layer is None else f"layers[{layer!r}]", owner=name)
         obs = pd.DataFrame({k: adata.obs[k].to_numpy() for k in keys}, index=adata.obs_names)
         var = pd.DataFrame(index=genes.copy())
         if model.registry_.get("setup_method_name") == "setup_mudata":

@@ -14,6 +14,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from scvi.model.base._constants import SAVE_KEYS
 
+from ._files import disk_full_error, remove_stale, respect_umask
+from ._safe_state import read_model_file
+
 logger = logging.getLogger(__name__)
 
 #: Written last into every model directory by :func:`atomic_save`; sizes and checksums.
@@ -60,10 +63,18 @@ def atomic_save(
         )
     parent, name = os.path.split(dir_path)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{name}.saving-", dir=parent)
+    remove_stale(parent, f".{name}.saving-")  # left by a save that was killed
+    tmp = tempfile.mkdtemp(prefix=f".{name}.saving-{os.getpid()}-", dir=parent)
+    respect_umask(tmp)
     old = None
     try:
-        save_fn(tmp)
+        try:
+            save_fn(tmp)
+        except Exception as exc:
+            full = disk_full_error(exc, dir_path, "the model")
+            if full is not None:
+                raise full from exc
+            raise
         pre = prefix or ""
         files = sorted(os.listdir(tmp))
         manifest = {
@@ -81,6 +92,8 @@ def atomic_save(
                 for f in files
             },
         }
+        for f in files:  # torch and anndata write with the umask already; tempfiles do not
+            respect_umask(os.path.join(tmp, f))
         with open(os.path.join(tmp, f"{pre}{MANIFEST_FNAME}"), "w") as fh:
             json.dump(manifest, fh, indent=1)
             fh.flush()
@@ -113,12 +126,19 @@ def atomic_save(
         shutil.rmtree(old, ignore_errors=True)
 
 
-def check_model_dir(dir_path: str, prefix: str | None = None, model_name: str = "SCGM") -> None:
-    """Raise a clear error when ``dir_path`` is not a complete, undamaged model directory.
+def check_model_dir(
+    dir_path: str,
+    prefix: str | None = None,
+    model_name: str = "SCGM",
+    allow_pickle: bool = False,
+) -> dict:
+    """Raise a clear error when ``dir_path`` is not a complete, undamaged model directory;
+    return the content of its model file.
 
     Checks, in order: the directory exists; it holds ``model.pt``; the sizes and checksum in
-    the manifest (written by :func:`atomic_save`) match; ``model.pt`` can be read and holds a
-    model of class ``model_name``.
+    the manifest (written by :func:`atomic_save`) match; ``model.pt`` can be read without
+    running code from it (see :func:`~scgm_scvi.model._safe_state.read_model_file`; older
+    saves need ``allow_pickle``) and holds a model of class ``model_name``.
     """
     pre = prefix or ""
     if not os.path.exists(dir_path):
@@ -158,8 +178,15 @@ def check_model_dir(dir_path: str, prefix: str | None = None, model_name: str = 
                     "does not match the one written at save time."
                 )
     try:
-        saved = torch.load(model_file, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated zip, not a torch file, unpickling error
+        saved = read_model_file(model_file, "cpu", allow_pickle)
+    except ValueError as exc:
+        if "safe format" in str(exc):  # refused as unsafe: say so, not "damaged"
+            raise
+        raise ValueError(
+            f"{model_file!r} cannot be read; the file is damaged or not a saved model "
+            f"({type(exc).__name__}: {exc})."
+        ) from exc
+    except Exception as exc:  # truncated zip, not a torch file
         raise ValueError(
             f"{model_file!r} cannot be read; the file is damaged or not a saved model "
             f"({type(exc).__name__}: {exc})."
@@ -176,6 +203,7 @@ def check_model_dir(dir_path: str, prefix: str | None = None, model_name: str = 
             f"{dir_path!r} holds a saved {saved_name} model, not {model_name}; load it with "
             f"{saved_name}.load."
         )
+    return saved
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -252,12 +280,34 @@ def mark_stage_done(trainer, stage_dir: str | None) -> None:
             json.dump({"epochs": trainer.current_epoch, "global_step": trainer.global_step}, fh)
 
 
+def checkpoint_state(module: torch.nn.Module, path: str) -> dict[str, torch.Tensor]:
+    """The module weights of a Lightning checkpoint file of a training stage, checked against
+    ``module``: a clear error for a damaged file or one written by another architecture.
+
+    Checkpoints are the user's own training files (``checkpoint_dir``); Lightning's resume
+    reads them with the full unpickler, so they are read the same way here.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        saved = ckpt["state_dict"]
+    except Exception as exc:  # truncated zip, not a checkpoint
+        raise ValueError(
+            f"The checkpoint {path!r} cannot be read (a truncated or damaged file: "
+            f"{type(exc).__name__}). Delete it to train from scratch, or pass resume=False."
+        ) from None
+    state = {k.removeprefix("module."): v for k, v in saved.items() if k.startswith("module.")}
+    own = module.state_dict()
+    differ = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    differ += [k for k in state if k not in own]
+    if differ:
+        raise ValueError(
+            f"The checkpoint {path!r} was written by a model of another architecture or data "
+            f"(e.g. {differ[:3]} differ): resume with the same model settings and data, or "
+            "pass resume=False (or another checkpoint_dir) to train from scratch."
+        )
+    return state
+
+
 def load_checkpoint_weights(module: torch.nn.Module, path: str) -> None:
     """Load the module weights of a Lightning checkpoint file of a training stage."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    state = {
-        k.removeprefix("module."): v
-        for k, v in ckpt["state_dict"].items()
-        if k.startswith("module.")
-    }
-    module.load_state_dict(state)
+    module.load_state_dict(checkpoint_state(module, path))

@@ -32,6 +32,7 @@ from scvi.model.base import (
     VAEMixin,
 )
 from scvi.model.base._archesmixin import _get_loaded_data, _set_params_online_update
+from scvi.model.base._constants import SAVE_KEYS
 from scvi.train import TrainingPlan, TrainRunner
 from scvi.utils import setup_anndata_dsp
 from tqdm.auto import tqdm
@@ -54,11 +55,22 @@ from scgm_scvi.samplers import (
     classifier_free_guidance,
 )
 
-from ._checks import check_counts, resolve_group_sizes
+from ._checks import (
+    check_category_columns,
+    check_cells_and_genes,
+    check_counts,
+    check_library_size,
+    check_positive_int,
+    check_sampling_args,
+    check_seed,
+    per_cell_values,
+    resolve_group_sizes,
+)
 from ._persist import (
     LAST_CKPT,
     atomic_save,
     check_model_dir,
+    checkpoint_state,
     load_checkpoint_weights,
     mark_stage_done,
     stage_checkpoint,
@@ -69,6 +81,7 @@ from ._query import (
     grow_condition_embeddings,
     grow_label_gaussians,
 )
+from ._safe_state import rewrite_safely, safe_scvi_loading
 from ._stream import H5ADStreamWriter, stack_rows
 
 logger = logging.getLogger(__name__)
@@ -77,6 +90,8 @@ Sampler = Literal["ode", "ode_euler", "euler_maruyama", "pc"]
 Precision = Literal["32-true", "bf16-mixed"]  # Lightning's names
 # default steps per sampler: the ODE reaches its quality in tens of evaluations, SDEs need more
 DEFAULT_STEPS = {"ode": 25, "ode_euler": 50, "euler_maruyama": 500, "pc": 250}
+# fewer cells fail inside scvi-tools' data splitter (no training minibatch)
+MIN_TRAIN_CELLS = 3
 # default length of stage 2, in optimisation steps
 DIFFUSION_STEPS = 20_000
 # at most this many training cells are kept to draw covariates and library sizes from
@@ -269,6 +284,10 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
                 f"Layer {layer!r} not found; adata.layers has {list(adata.layers.keys())}. "
                 "Pass layer=None to use adata.X."
             )
+        check_cells_and_genes(adata)
+        check_category_columns(
+            adata.obs, [labels_key, batch_key, *(categorical_covariate_keys or [])]
+        )
         check_counts(
             adata.X if layer is None else adata.layers[layer],
             where="X" if layer is None else f"layers[{layer!r}]",
@@ -333,7 +352,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             MuDataNumericalJointObsField,
         )
 
-        from ._mudata import check_obs_keys, resolve_modalities
+        from ._mudata import check_obs_keys, obs_frame, resolve_modalities
 
         mods = resolve_modalities(mdata, modalities)
         keys = {
@@ -349,6 +368,11 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
                 f"Layer {rna_layer!r} not found in mdata[{mods['rna_layer']!r}]; it has "
                 f"{list(rna.layers.keys())}. Pass rna_layer=None to use its .X."
             )
+        check_cells_and_genes(rna, f"mdata[{mods['rna_layer']!r}]")
+        for arg in ("labels_key", "batch_key", "categorical_covariate_keys"):
+            mod = mods.get(arg)
+            where = "mdata.obs" if mod is None else f"mdata[{mod!r}].obs"
+            check_category_columns(obs_frame(mdata, mod), keys[arg], where)
         check_counts(
             rna.X if rna_layer is None else rna.layers[rna_layer],
             where=f"mod[{mods['rna_layer']!r}]." + ("X" if rna_layer is None else rna_layer),
@@ -527,9 +551,16 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             or ``ckpt_path`` to resume from a checkpoint file of your own).
         """
         self._require_data()
+        if self.adata.n_obs < MIN_TRAIN_CELLS:
+            raise ValueError(
+                f"Training needs at least {MIN_TRAIN_CELLS} cells; the registered data has "
+                f"{self.adata.n_obs}."
+            )
         stage_dir, finished = stage_checkpoint(
             checkpoint_dir, "vae", resume, checkpoint_every_n_epochs, trainer_kwargs
         )
+        if trainer_kwargs.get("ckpt_path"):  # Lightning's own errors here are raw torch ones
+            checkpoint_state(self.module, trainer_kwargs["ckpt_path"])
         self.module.set_stage("vae")
         if self.query_ is not None:
             self._apply_arches_freezing()
@@ -663,6 +694,8 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         resume_from = trainer_kwargs.get("ckpt_path") or (
             os.path.join(stage_dir, LAST_CKPT) if finished else None
         )
+        if resume_from is not None:
+            checkpoint_state(self.module, resume_from)
         if resume_from is not None:  # the VAE of the interrupted run, hence the same latents
             load_checkpoint_weights(self.module, resume_from)
             self.vae_trained_ = True
@@ -914,8 +947,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             .reindex(range(len(label_col["categories"])), fill_value=0)
         )
         if cell_type is None:
-            if n is None or n <= 0:
-                raise ValueError(f"n must be a positive integer, got {n!r}.")
+            check_positive_int(n, "n")
             probs = label_counts.to_numpy() / label_counts.sum()
             labels = rng.choice(len(probs), size=n, p=probs)
         else:
@@ -938,7 +970,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
                     f"{valid}; set the cell type with cell_type=."
                 )
             j = keys[key]
-            values = np.broadcast_to(np.asarray(value, dtype=object), (n_total,))
+            values = per_cell_values(value, n_total, f"covariates[{key!r}]", dtype=object)
             cats = columns[j]["categories"]
             unknown = sorted({str(v) for v in values if v not in cats})
             if unknown:
@@ -967,9 +999,10 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             decoder["batch_index"] = cond[:, 1]  # a fixed batch overrides the drawn cell's
         for key in self.conditions_["cont_keys"]:
             if key in covariates:
-                decoder[f"cont_{key}"] = np.broadcast_to(
-                    np.asarray(covariates[key], dtype=np.float32), (n_total,)
-                )
+                values = per_cell_values(covariates[key], n_total, f"covariates[{key!r}]")
+                if not np.all(np.isfinite(values)):
+                    raise ValueError(f"covariates[{key!r}] must be finite numbers.")
+                decoder[f"cont_{key}"] = values.astype(np.float32)
         return decoder, cond
 
     @torch.inference_mode()
@@ -1030,6 +1063,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         ValueError
             An unknown column or category name (the message lists the valid ones).
         """
+        check_sampling_args(n_steps, guidance_scale, seed, batch_size)
         if isinstance(cond, pd.DataFrame):
             cond = self._codes_from_names(cond)
         if sampler not in SAMPLERS:
@@ -1037,8 +1071,6 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         _check_precision(precision)
         check_guidance_interval(guidance_interval)
         n_steps = DEFAULT_STEPS[sampler] if n_steps is None else n_steps
-        if n_steps < 1:
-            raise ValueError(f"n_steps must be >= 1, got {n_steps}.")
         self.module.eval()
         device = self.device
         cond = torch.as_tensor(np.asarray(cond), dtype=torch.long, device=device)
@@ -1097,7 +1129,15 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         batch_size
             Cells decoded at once.
         """
+        check_seed(seed)
+        check_positive_int(batch_size, "batch_size")
         z = torch.as_tensor(np.asarray(z) if not torch.is_tensor(z) else z, dtype=torch.float32)
+        if z.ndim != 2 or z.shape[1] != self.module.n_latent:
+            raise ValueError(
+                f"z must have shape (n_cells, {self.module.n_latent}), got {tuple(z.shape)}."
+            )
+        if not torch.isfinite(z).all():
+            raise ValueError("z contains NaN or infinite values.")
         n = len(z)
         table = self._decoder_table(n, cell_type, library_size, batch)
         return self._decode(z, table, transform, seed, batch_size)
@@ -1108,19 +1148,20 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         cats = columns[0]["categories"]
         labels = np.zeros(n, dtype=np.int64)
         if cell_type is not None:
-            cell_type = np.broadcast_to(np.asarray(cell_type, dtype=object), (n,))
+            cell_type = per_cell_values(cell_type, n, "cell_type", dtype=object)
             unknown = sorted({str(c) for c in cell_type if c not in cats})
             if unknown:
                 raise ValueError(f"Unknown cell types {unknown}. Valid values: {cats}.")
             labels = np.array([cats.index(c) for c in cell_type])
         table["cond_0"] = labels
-        if library_size is None:
-            library_size = float(np.exp(np.median(self.condition_table_["log_library"])))
-        table["log_library"] = np.log(np.broadcast_to(np.asarray(library_size, float), (n,)))
+        lib = check_library_size(library_size, n)
+        if lib is None:
+            lib = np.full(n, np.exp(np.median(self.condition_table_["log_library"])))
+        table["log_library"] = np.log(lib)
         bcats = self.conditions_["batch_categories"]
         table["batch_index"] = 0
         if batch is not None:
-            batch = np.broadcast_to(np.asarray(batch, dtype=object), (n,))
+            batch = per_cell_values(batch, n, "batch", dtype=object)
             unknown = sorted({str(b) for b in batch if b not in bcats})
             if unknown:
                 raise ValueError(f"Unknown batches {unknown}. Valid values: {bcats}.")
@@ -1239,12 +1280,11 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         """
         if out is not None and os.path.exists(out) and not overwrite:
             raise FileExistsError(f"{out} exists; pass overwrite=True to replace it.")
+        check_sampling_args(n_steps, guidance_scale, seed, batch_size)
         rng = np.random.default_rng(seed)
         decoder, cond = self._resolve_conditions(n, cell_type, covariates, rng)
-        if library_size is not None:
-            lib = np.broadcast_to(np.asarray(library_size, dtype=float), (len(cond),))
-            if np.any(lib <= 0):
-                raise ValueError("library_size must be positive.")
+        lib = check_library_size(library_size, len(cond))
+        if lib is not None:
             decoder["log_library"] = np.log(lib)
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}.")
@@ -1302,9 +1342,12 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
                 writer.append(X, z, obs.iloc[start : start + X.shape[0]].set_axis(names))
                 start += X.shape[0]
             return writer.close(None if start else obs, var, uns)
-        except BaseException:
+        except BaseException as exc:
             writer.abort()
-            raise
+            reason = writer.explain_error(exc)
+            if reason is exc:
+                raise
+            raise reason from exc
 
     def _generate_chunks(
         self, cond, decoder, sampler, n_steps, guidance_scale, seed, batch_size, progress_bar,
@@ -1361,8 +1404,17 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
 
     # ------------------------------------------------------------------ persistence
     @classmethod
-    def load(cls, dir_path: str, adata: AnnData | None = None, **kwargs) -> SCGM:
+    def load(
+        cls,
+        dir_path: str,
+        adata: AnnData | None = None,
+        allow_pickle: bool = False,
+        **kwargs,
+    ) -> SCGM:
         """Load a saved model; ``adata`` is optional (generation needs no training data).
+
+        The model file is read with ``torch.load(weights_only=True)``: tensors and plain data
+        only, so loading a model never runs code from the file.
 
         Parameters
         ----------
@@ -1371,6 +1423,10 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         adata
             AnnData (or MuData) to attach (same genes); ``None`` loads the saved data if
             :meth:`save` wrote it, else the model alone, which can generate and decode.
+        allow_pickle
+            Also read model files that need Python's full unpickler: saves made before
+            scgm_scvi 0.2 (save them again to convert them). Unpickling can run code from the
+            file: pass ``True`` only for files from a source you trust.
         **kwargs
             Passed to :meth:`scvi.model.base.BaseModelClass.load`.
 
@@ -1381,16 +1437,27 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         ValueError
             ``dir_path`` is not a complete SCGM save: no ``model.pt``, a file whose size or
             checksum differs from the manifest written by :meth:`save`, an unreadable file, or
-            a model of another class.
+            a model of another class, or a file that needs the full unpickler while
+            ``allow_pickle`` is ``False``.
         """
-        if not (kwargs.get("backup_url") and not os.path.exists(dir_path)):
-            check_model_dir(dir_path, kwargs.get("prefix"), cls.__name__)
+        saved = check_model_dir(dir_path, kwargs.get("prefix"), cls.__name__, allow_pickle)
+        genes = saved[SAVE_KEYS.VAR_NAMES_KEY]
+        if isinstance(adata, AnnData) and not np.array_equal(adata.var_names, genes):
+            missing = pd.Index(genes).difference(adata.var_names)
+            raise ValueError(
+                f"adata has {adata.n_vars} genes and the model {len(genes)}"
+                + (f" ({len(missing)} missing, e.g. {list(missing[:5])})" if len(missing) else "")
+                + ": pass the model's genes in its order, adata[:, model_genes] with "
+                "model_genes from SCGM.load(dir_path).var_names_, or use "
+                "SCGM.load_query_data for data with other genes."
+            )
         # scvi-tools saves the data as "<prefix>adata.h5ad" or, for MuData, "<prefix>mdata.h5mu"
         prefix = kwargs.get("prefix") or ""
         saved_data = (os.path.join(dir_path, f"{prefix}{f}") for f in ("adata.h5ad", "mdata.h5mu"))
         if adata is None and not any(os.path.exists(f) for f in saved_data):
             adata = False
-        model = super().load(dir_path, adata=adata, **kwargs)
+        with safe_scvi_loading(allow_pickle):
+            model = super().load(dir_path, adata=adata, **kwargs)
         model.module.eval()
         return model
 
@@ -1407,7 +1474,8 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         The files are written to a temporary directory next to ``dir_path`` and moved in place
         when complete, with a manifest of file sizes and the model file's checksum that
         :meth:`load` verifies: an interrupted save leaves the previous model (or nothing), never
-        a half-written model that loads.
+        a half-written model that loads. The model file holds tensors and plain data only (no
+        pickled Python objects), so that loading it cannot run code.
 
         Parameters
         ----------
@@ -1423,14 +1491,12 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             Passed to :meth:`scvi.model.base.BaseModelClass.save`.
         """
         parent_save = super().save
-        atomic_save(
-            lambda tmp: parent_save(
-                tmp, prefix=prefix, overwrite=True, save_anndata=save_anndata, **kwargs
-            ),
-            dir_path,
-            prefix,
-            overwrite,
-        )
+
+        def save_safely(tmp: str) -> None:
+            parent_save(tmp, prefix=prefix, overwrite=True, save_anndata=save_anndata, **kwargs)
+            rewrite_safely(os.path.join(tmp, f"{prefix or ''}{SAVE_KEYS.MODEL_FNAME}"))
+
+        atomic_save(save_safely, dir_path, prefix, overwrite)
 
     @classmethod
     def load_query_data(
@@ -1438,6 +1504,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         adata: AnnData,
         reference_model: str | os.PathLike | SCGM,
         unfrozen: bool | None = None,
+        allow_pickle: bool = False,
         **kwargs,
     ) -> SCGM:
         """A model for new data (a query) from a trained reference, by scArches surgery.
@@ -1481,6 +1548,8 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             latent space then moves and :meth:`train_diffusion` fine-tunes the whole score
             network, ``finetune="all"``). ``None`` (default): ``True`` when the query has a cell
             type that the reference lacks, else ``False``. ``False`` with a new cell type warns.
+        allow_pickle
+            As in :meth:`load`, for a ``reference_model`` directory.
         **kwargs
             Passed to :meth:`scvi.model.base.ArchesMixin.load_query_data` (``accelerator``,
             ``device``, ``freeze_dropout``, ``freeze_expression``, ...).
@@ -1493,13 +1562,14 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             raise ValueError("load_query_data needs the query AnnData.")
         if isinstance(reference_model, str | os.PathLike):
             reference_model = os.fspath(reference_model)
-            check_model_dir(reference_model, None, cls.__name__)
+            check_model_dir(reference_model, None, cls.__name__, allow_pickle)
         elif not isinstance(reference_model, cls):
             raise TypeError(
                 f"reference_model must be a {cls.__name__} or the directory of a saved one, "
                 f"got {type(reference_model).__name__}."
             )
-        attr_dict, var_names, ref_state, _ = _get_loaded_data(reference_model, device="cpu")
+        with safe_scvi_loading(allow_pickle):
+            attr_dict, var_names, ref_state, _ = _get_loaded_data(reference_model, device="cpu")
         if not attr_dict.get("vae_trained_"):
             raise ValueError("The reference model is not trained; train it before querying.")
         setup_args = attr_dict["registry_"]["setup_args"]
@@ -1511,7 +1581,9 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             raise ValueError(
                 f"The query lacks the obs columns {missing} that the reference was set up with."
             )
-        adata = align_genes(adata, pd.Index(var_names))
+        aligned = align_genes(adata, pd.Index(var_names))
+        # scvi-tools registers (writes into) the AnnData it is given: never the user's own
+        adata = aligned.copy() if aligned is adata else aligned
         new_types, lacking = [], []
         if setup_args.get("labels_key") is not None:
             known = attr_dict["registry_"]["field_registries"][REGISTRY_KEYS.LABELS_KEY]
@@ -1555,7 +1627,8 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             "freeze_expression": kwargs.get("freeze_expression", True),
             "freeze_classifier": kwargs.get("freeze_classifier", True),
         }
-        model = super().load_query_data(adata, reference_model, unfrozen=unfrozen, **kwargs)
+        with safe_scvi_loading(allow_pickle):
+            model = super().load_query_data(adata, reference_model, unfrozen=unfrozen, **kwargs)
         sizes = grow_condition_embeddings(model.module, ref_state)
         grow_label_gaussians(model.module, ref_state)
         model.conditions_ = model._condition_spec()

@@ -11,6 +11,8 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata.io import sparse_dataset, write_elem
 
+from ._files import disk_full_error, remove_stale, respect_umask
+
 
 class H5ADStreamWriter:
     """Append blocks of rows (CSR counts, latents, ``obs``) to a new ``.h5ad``, then add ``var``.
@@ -47,22 +49,35 @@ class H5ADStreamWriter:
             raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it.")
         parent = os.path.dirname(self.path)
         os.makedirs(parent, exist_ok=True)
+        prefix = f".{os.path.basename(self.path)}."
+        remove_stale(parent, prefix)  # partial files of killed runs
         fd, self.tmp = tempfile.mkstemp(
-            prefix=f".{os.path.basename(self.path)}.", suffix=".partial", dir=parent
+            prefix=f"{prefix}{os.getpid()}-", suffix=".partial", dir=parent
         )
         os.close(fd)
         self.n_obs, self.n_vars = int(n_obs), int(n_vars)
         self.rows = 0
-        self.file = h5py.File(self.tmp, "w")
+        self.file = None
         self._x = None
         self._latent = None
-        if latent_dim:
-            write_elem(self.file, "obsm", {})
-            self._latent = self.file["obsm"].create_dataset(
-                latent_key, shape=(self.n_obs, latent_dim), dtype=np.float32
-            )
-            self._latent.attrs["encoding-type"] = "array"
-            self._latent.attrs["encoding-version"] = "0.2.0"
+        try:
+            respect_umask(self.tmp)
+            self.file = h5py.File(self.tmp, "w")
+            if latent_dim:
+                write_elem(self.file, "obsm", {})
+                self._latent = self.file["obsm"].create_dataset(
+                    latent_key, shape=(self.n_obs, latent_dim), dtype=np.float32
+                )
+                self._latent.attrs["encoding-type"] = "array"
+                self._latent.attrs["encoding-version"] = "0.2.0"
+        except BaseException as exc:
+            self.abort()
+            raise self.explain_error(exc) from exc
+
+    def explain_error(self, exc: BaseException) -> BaseException:
+        """A full disk said in one line; other errors unchanged."""
+        full = disk_full_error(exc, self.path, "the cells")
+        return exc if full is None else full
 
     def append(
         self, X: sp.csr_matrix, latent: np.ndarray | None = None, obs: pd.DataFrame | None = None
@@ -78,9 +93,9 @@ class H5ADStreamWriter:
         n = X.shape[0]
         if self.rows + n > self.n_obs:
             raise ValueError(f"More than the announced {self.n_obs} rows.")
+        if obs is not None and len(obs) != n:
+            raise ValueError(f"{len(obs)} obs rows for a block of {n} cells.")
         if obs is not None:
-            if len(obs) != n:
-                raise ValueError(f"{len(obs)} obs rows for a block of {n} cells.")
             self._append_obs(obs)
         if self._x is None:
             write_elem(self.file, "X", X)  # anndata makes the arrays resizable
@@ -138,7 +153,10 @@ class H5ADStreamWriter:
     def abort(self) -> None:
         """Close and delete the partial file."""
         try:
-            self.file.close()
+            if self.file is not None:
+                self.file.close()
+        except Exception:  # noqa: BLE001 - a file on a full disk may not close cleanly
+            pass
         finally:
             if os.path.exists(self.tmp):
                 os.remove(self.tmp)
