@@ -72,7 +72,10 @@ def load(name: str) -> tuple[ad.AnnData, str | None]:
         adata = ad.read_h5ad(SHARED / "kang2018_ctrl_pbmc12k.h5ad")
         adata.obs["donor"] = adata.obs["donor"].astype(str).astype("category")
         return adata, "donor"
-    raise ValueError(f"Unknown dataset {name!r}; use pbmc3k or kang12k.")
+    if name == "kang2k":  # 1,000 control + 1,000 IFN-beta cells, 9,015 genes, 8 types
+        adata = ad.read_h5ad(SHARED / "kang2018_ifnb_harmony2k.h5ad")
+        return adata, "condition"
+    raise ValueError(f"Unknown dataset {name!r}; use pbmc3k, kang12k or kang2k.")
 
 
 def split(adata: ad.AnnData, seed: int = 0) -> tuple[ad.AnnData, ad.AnnData]:
@@ -187,12 +190,18 @@ class ErrorBudget:
         batch = None if self.batch is None else self.batch[cov]
         return self._decode(z, self.labels[idx], self.lib[cov], batch, seed)
 
-    def gaussian(self, seed):
+    def gaussian(self, seed, posterior_noise: bool = False):
+        """A Gaussian per type fit to the posterior means; with ``posterior_noise`` decoded as
+        ``SCGM.generate`` decodes (the type's mean posterior variance added)."""
         rng = np.random.default_rng(seed)
+        cats = list(self.model.conditions_["columns"][0]["categories"])
+        var = self.model.module.posterior_noise.var.cpu().numpy()
         zs = []
         for ct, n in self.sizes.items():
             zc = self.train_mean[self.labels == ct]
             cov = np.cov(zc, rowvar=False) + 1e-4 * np.eye(zc.shape[1])
+            if posterior_noise:
+                cov += np.diag(var[:, cats.index(ct)])
             zs.append(rng.multivariate_normal(zc.mean(0), cov, size=n, method="eigh"))
         cov_idx = _draw_cells(self.labels, self.sizes, rng)
         batch = None if self.batch is None else self.batch[cov_idx]
@@ -200,10 +209,9 @@ class ErrorBudget:
             np.concatenate(zs), self.labels[cov_idx], self.lib[cov_idx], batch, seed
         )
 
-    def neighbour_covariates(self, seed, posterior_noise: bool = False):
-        """Lever: SCGM's latents decoded with the library and batch of the training cell whose
-        posterior mean is nearest (same type), i.e. library drawn given the latent; with
-        ``posterior_noise`` that cell's posterior noise is added to the latent too."""
+    def neighbour_covariates(self, seed):
+        """Lever: SCGM's cells decoded with the library and batch of the training cell whose
+        posterior mean is nearest to the generated latent (same type): library given latent."""
         from sklearn.neighbors import NearestNeighbors
 
         g = self.model.generate(n=None, cell_type=self.sizes, seed=seed, progress_bar=False)
@@ -214,11 +222,34 @@ class ErrorBudget:
             rows = np.flatnonzero(cts == ct)
             fit = NearestNeighbors(n_neighbors=1).fit(self.train_mean[pool])
             nn[rows] = pool[fit.kneighbors(z[rows], return_distance=False)[:, 0]]
-        if posterior_noise:
-            rng = np.random.default_rng(seed)
-            z = z + self.train_std[nn] * rng.standard_normal(z.shape)
         batch = None if self.batch is None else self.batch[nn]
         return self._decode(z, cts, self.lib[nn], batch, seed)
+
+    def regressed_library(self, seed):
+        """Lever: SCGM's latents decoded with a log library drawn from a per-type linear
+        Gaussian regression on the latent (fit on training posterior means), batch drawn."""
+        rng = np.random.default_rng(seed)
+        g = self.model.generate(n=None, cell_type=self.sizes, seed=seed, progress_bar=False)
+        z, cts = g.obsm["X_scgm"], g.obs["cell_type"].astype(str).to_numpy()
+        log_lib = np.empty(len(z))
+        for ct in np.unique(cts):
+            pool, rows = self.labels == ct, cts == ct
+            X = np.c_[np.ones(pool.sum()), self.train_mean[pool]]
+            y = np.log(self.lib[pool])
+            ridge = 1.0 * np.eye(X.shape[1])
+            ridge[0, 0] = 0.0
+            coef = np.linalg.solve(X.T @ X + ridge, X.T @ y)
+            resid = np.std(y - X @ coef)
+            log_lib[rows] = np.c_[np.ones(rows.sum()), z[rows]] @ coef
+            log_lib[rows] += resid * rng.standard_normal(rows.sum())
+        cov = _draw_cells(self.labels, {ct: int((cts == ct).sum()) for ct in self.sizes}, rng)
+        batch = None if self.batch is None else self.batch[cov]
+        return self._decode(z, cts, np.exp(log_lib), batch, seed)
+
+    def scgm_without_noise(self, seed):
+        return self.model.generate(
+            n=None, cell_type=self.sizes, seed=seed, posterior_noise=False, progress_bar=False
+        )
 
     def rows(self) -> dict:
         return {
@@ -229,12 +260,14 @@ class ErrorBudget:
                 self.resample(s, "mean", drawn_covariates=True)
             ),
             "budget 5: Gaussian per type (library + batch drawn)": self.gaussian,
+            "budget 6: SCGM score model, no posterior noise": self.scgm_without_noise,
+            "Gaussian per type + posterior noise (decoded as SCGM)": lambda s: self.gaussian(
+                s, posterior_noise=True
+            ),
             "lever: SCGM, library + batch of the nearest training latent": (
                 self.neighbour_covariates
             ),
-            "lever: same + that cell's posterior noise": lambda s: self.neighbour_covariates(
-                s, posterior_noise=True
-            ),
+            "lever: SCGM, library from a linear model of the latent": self.regressed_library,
         }
 
 
@@ -255,7 +288,7 @@ def write_figures(out: Path) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="pbmc3k", choices=["pbmc3k", "kang12k"])
+    p.add_argument("--data", default="pbmc3k", choices=["pbmc3k", "kang12k", "kang2k"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--vae-epochs", type=int, default=None, help="default: scVI's heuristic")
     p.add_argument("--diffusion-epochs", type=int, default=None)
@@ -337,11 +370,16 @@ def main(argv=None):
 
     SCGM.setup_anndata(train, labels_key="cell_type", batch_key=batch_key)
     model_dir = None if args.model_dir is None else Path(args.model_dir)
+    notes = []
     warmup = None if args.kl_warmup is None else {"n_epochs_kl_warmup": args.kl_warmup}
     vae_seconds = diffusion_seconds = float("nan")  # nan: loaded from --model-dir
     if model_dir is not None and (model_dir / "scgm").exists():
         # a file this script wrote (older runs: pickled)
         model = SCGM.load(str(model_dir / "scgm"), adata=train, allow_pickle=True)
+        if not model.module.posterior_noise.fitted:  # cached before the posterior noise
+            _, _, moments = model._latent_pass()
+            model._fit_posterior_noise(moments, "all")
+            notes.append("posterior variances fitted to the cached model's VAE")
     else:
         arch = vae_architecture(args.n_hidden, args.n_layers, args.norm)
         scaling = {} if args.latent_scaling is None else {"latent_scaling": args.latent_scaling}
@@ -380,7 +418,9 @@ def main(argv=None):
     if args.budget:
         baselines.update(budget.rows())
     else:
-        baselines["budget 5: Gaussian per type (library + batch drawn)"] = budget.gaussian
+        baselines["Gaussian per type + posterior noise (decoded as SCGM)"] = lambda s: (
+            budget.gaussian(s, posterior_noise=True)
+        )
 
     rows, speed = [], []
     for seed in args.seeds:
@@ -486,7 +526,12 @@ def main(argv=None):
         f"{len(model.diffusion_history_['train_loss'])} epochs ({diffusion_seconds:.0f} s, "
         f"score baseline {args.score_baseline}); "
         f"scVI baseline {scvi_epochs} epochs ({scvi_seconds:.0f} s). KL warm-up: "
-        f"{args.kl_warmup or 400} epochs (scVI's default: 400).",
+        f"{args.kl_warmup or 400} epochs (scVI's default: 400)."
+        + (
+            f" Models loaded from {model_dir}: " + "; ".join(notes or ["as saved"]) + "."
+            if vae_seconds != vae_seconds
+            else ""
+        ),  # nan: loaded
         "",
         "## Headline (mean ± s.e.m. over seeds)",
         "",

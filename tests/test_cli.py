@@ -313,11 +313,16 @@ def test_generate_counts_per_type(workspace):
     argv = ["generate", str(workspace / "model"), "--out", str(out), "--no-progress"]
     assert cli.main([*argv, "--cell-type", "A=30", "--cell-type", "C=12", "--seed", "4"]) == 0
     generated = ad.read_h5ad(out)
-    assert generated.obs["cell_type"].value_counts().to_dict() == {"A": 30, "B": 0, "C": 12}
+    assert generated.obs["cell_type"].value_counts().to_dict() == {"A": 30, "C": 12}
     assert sp.issparse(generated.X) and generated.X.format == "csr"
     np.testing.assert_array_equal(generated.X.data, np.round(generated.X.data))
     assert list(generated.var_names) == [f"g{i}" for i in range(100)]
     assert generated.uns["scgm"]["seed"] == 4 and generated.uns["scgm"]["sampler"] == "ode"
+    assert generated.uns["scgm"]["posterior_noise"]
+    plain = workspace / "gen_plain.h5ad"
+    argv = ["generate", str(workspace / "model"), "--out", str(plain), "--no-progress"]
+    assert cli.main([*argv, "--n", "5", "--no-posterior-noise"]) == 0
+    assert not ad.read_h5ad(plain).uns["scgm"]["posterior_noise"]
 
 
 def test_generate_options(workspace):
@@ -328,7 +333,7 @@ def test_generate_options(workspace):
     argv += ["--guidance-interval", "0.1", "0.9"]
     assert cli.main([*argv, "--precision", "bf16-mixed"]) == 0
     generated = ad.read_h5ad(out)
-    assert generated.obs["cell_type"].value_counts().to_dict() == {"A": 5, "B": 5, "C": 0}
+    assert generated.obs["cell_type"].value_counts().to_dict() == {"A": 5, "B": 5}
     assert set(generated.obs["condition"]) == {"stim"}
     assert generated.uns["scgm"]["n_steps"] == 5
     assert generated.uns["scgm"]["precision"] == "bf16-mixed"

@@ -79,7 +79,8 @@ def test_query_new_label_and_batch(reference):
 
     g = q.generate(n=25, cell_type="label_2", seed=0)
     assert (g.obs["labels"] == "label_2").all()
-    assert list(g.obs["labels"].cat.categories) == labels
+    assert list(g.obs["labels"].cat.categories) == ["label_2"]  # the types present
+    assert "label_2" in q.conditions_["columns"][0]["categories"]
     assert set(g.obs["batch"]) == {"batch_new"}  # drawn from the query's label_2 cells
     assert g.X.shape == (25, 100) and g.X.sum() > 0
     np.testing.assert_array_equal(g.X.data, np.round(g.X.data))

@@ -88,7 +88,6 @@ def test_generate(mu_trained):
     assert isinstance(generated, ad.AnnData)
     assert generated.obs["labels"].value_counts().to_dict() == {
         "label_0": 7,
-        "label_1": 0,
         "label_2": 5,
     }
     assert list(generated.var_names) == list(mdata["rna"].var_names)

@@ -120,6 +120,13 @@ def add_parser(sub) -> None:
         help="bf16-mixed: the score network in bfloat16 autocast, faster on hardware with "
         "bfloat16 units (default 32-true)",
     )
+    how.add_argument(
+        "--posterior-noise",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add each cell type's mean posterior variance to the sampled latents before "
+        "decoding (default: on for models whose score network learned posterior means)",
+    )
     add_runtime_options(p)
     add_allow_pickle_option(p)
     add_overwrite_option(p, "--out file")
@@ -197,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
                 out=args.out,
                 overwrite=True,  # check_out_file has applied --overwrite
                 precision=args.precision,
+                posterior_noise=args.posterior_noise,
             )
     except (ValueError, KeyError) as exc:
         raise user_error(exc) from None

@@ -115,7 +115,7 @@ class SCGEditor:
         genes: Mapping[str, float | Literal["up", "down"]] | None = None,
         gene_guidance_scale: float = 1.0,
         n_samples: int = 1,
-        seed: int | None = 0,
+        seed: int | None = None,
         reference: AnnData | None = None,
         store_latent: bool = False,
         init: Init = "source",
@@ -172,7 +172,8 @@ class SCGEditor:
             Edited cells per source cell (for uncertainty); ``"ode"`` and ``"latent_shift"`` are
             deterministic in latent space, so their samples differ only in the NB counts.
         seed
-            Random seed of the noise and the NB draws (``None``: not reseeded).
+            Random seed of the noise and the NB draws; ``None`` (default) draws from torch's
+            global generator, which ``scvi.settings.seed`` seeds.
         reference
             For ``"latent_shift"``: cells whose mean latents give the shift (default: the
             model's training data); an AnnData or a MuData, like ``adata``.

@@ -124,16 +124,20 @@ def grow_condition_embeddings(
 def grow_label_gaussians(
     module: torch.nn.Module, reference_state: dict[str, torch.Tensor]
 ) -> None:
-    """Copy the reference's cell-type Gaussians into a module with more cell types.
+    """Copy the reference's cell-type Gaussians and posterior variances into a module with more
+    cell types.
 
     As :func:`grow_condition_embeddings`: existing types keep their slots, the all-cells
     Gaussian (the "unknown" label) moves to the new end, and new types start from it until
     :meth:`~scgm_scvi.SCGM.train_diffusion` fits them.
     """
-    if module.gaussians is None:
-        return
-    for name, buf in module.gaussians.named_buffers():
-        old = reference_state[f"gaussians.{name}"].to(buf.device)
+    buffers = [(f"posterior_noise.{k}", b) for k, b in module.posterior_noise.named_buffers()]
+    if module.gaussians is not None:
+        buffers += [(f"gaussians.{k}", b) for k, b in module.gaussians.named_buffers()]
+    for key, buf in buffers:
+        if key not in reference_state:  # a reference saved before the posterior noise
+            continue
+        old = reference_state[key].to(buf.device)
         n_old = old.shape[-1] - 1
         buf[..., :n_old] = old[..., :n_old]
         buf[..., n_old:] = old[..., n_old:]

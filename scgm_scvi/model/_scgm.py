@@ -718,6 +718,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             table = pd.concat([ref_table, table], ignore_index=True)
         self.condition_table_ = table
         self._fit_label_gaussians(moments, finetune)
+        self._fit_posterior_noise(moments, finetune)
         if finished:
             logger.info("Stage 2 already completed in %s: weights loaded.", stage_dir)
             if tmp is not None:
@@ -814,9 +815,13 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             k: torch.zeros(n_latent, dtype=torch.float64, device=self.device)
             for k in ("sum", "sumsq", "scale_sq")
         }
+        n_lab = self.module.condition_sizes[0]
+        # per-label posterior variances (for the posterior noise) and cell counts
+        moments["label_count"] = torch.zeros(n_lab, dtype=torch.float64, device=self.device)
+        moments["label_scale_sq"] = torch.zeros(
+            n_lab, n_latent, dtype=torch.float64, device=self.device
+        )
         if self.module.gaussians is not None:  # per-label moments for the Gaussian baseline
-            n_lab = self.module.condition_sizes[0]
-            moments["label_count"] = torch.zeros(n_lab, dtype=torch.float64, device=self.device)
             moments["label_sum"] = torch.zeros(
                 n_lab, n_latent, dtype=torch.float64, device=self.device
             )
@@ -835,8 +840,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             writers[COND_KEY].append(cond)
             moments["sum"] += loc.double().sum(0)
             moments["sumsq"] += loc.double().square().sum(0)
-            if "label_count" in moments:
-                _add_label_moments(moments, loc.double(), cond[:, 0])
+            _add_label_moments(moments, loc.double(), inf["qz"].scale.double(), cond[:, 0])
             if keep_scale:
                 writers[Z_SCALE_KEY].append(inf["qz"].scale)
                 moments["scale_sq"] += inf["qz"].scale.double().square().sum(0)
@@ -917,6 +921,20 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         else:
             new = (codes >= self.query_["condition_sizes"][0]) & (count > 0)
             gaussians.fit(count, total, outer, codes[new], extra, refit_all_cells=False)
+
+    def _fit_posterior_noise(self, moments: dict, finetune: str) -> None:
+        """Fit each cell type's mean posterior variance (see
+        :class:`~scgm_scvi.module.PosteriorNoise`); for a query, the types as in
+        :meth:`_fit_label_gaussians`."""
+        count, scale_sq = moments["label_count"], moments["label_scale_sq"]
+        codes = torch.arange(len(count), device=count.device)
+        refit_all = True
+        if self.query_ is not None:
+            codes = codes[count > 0]
+            if finetune == "new_conditions":
+                codes = codes[codes >= self.query_["condition_sizes"][0]]
+                refit_all = False
+        self.module.posterior_noise.fit(count, scale_sq, codes, refit_all_cells=refit_all)
 
     # ------------------------------------------------------------------ generation
     def _resolve_conditions(
@@ -1012,7 +1030,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         sampler: Sampler = "ode",
         n_steps: int | None = None,
         guidance_scale: float = 1.0,
-        seed: int | None = 0,
+        seed: int | None = None,
         batch_size: int = 2048,
         progress_bar: bool | None = None,
         precision: Precision = "32-true",
@@ -1036,7 +1054,8 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         guidance_scale
             Classifier-free guidance weight on the cell type (1 = plain conditional model).
         seed
-            Random seed (``None``: do not reseed).
+            Random seed; ``None`` (default) draws from torch's global generator, which
+            ``scvi.settings.seed`` seeds.
         batch_size
             Cells sampled at once.
         progress_bar
@@ -1106,7 +1125,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         library_size: float | np.ndarray | None = None,
         batch: Sequence[str] | None = None,
         transform: Literal["counts", "normalized"] = "counts",
-        seed: int | None = 0,
+        seed: int | None = None,
         batch_size: int = 2048,
     ) -> sp.csr_matrix | np.ndarray:
         """Decode VAE latents to NB-sampled counts or to normalised expression.
@@ -1125,7 +1144,8 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             ``"counts"``: NB samples as a CSR matrix; ``"normalized"``: decoder means scaled to
             sum to one per cell (as ``get_normalized_expression``), dense.
         seed
-            Random seed for the NB draws.
+            Random seed for the NB draws; ``None`` (default) draws from torch's global
+            generator, which ``scvi.settings.seed`` seeds.
         batch_size
             Cells decoded at once.
         """
@@ -1224,7 +1244,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         sampler: Sampler = "ode",
         n_steps: int | None = None,
         guidance_scale: float = 1.0,
-        seed: int | None = 0,
+        seed: int | None = None,
         batch_size: int = 2048,
         progress_bar: bool | None = None,
         out: str | os.PathLike | None = None,
@@ -1232,6 +1252,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         latent_key: str | None = "X_scgm",
         precision: Precision = "32-true",
         guidance_interval: tuple[float, float] | None = None,
+        posterior_noise: bool | None = None,
     ) -> AnnData | str:
         """Generate new cells: sample latents with the reverse process and decode NB counts.
 
@@ -1257,16 +1278,31 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             the same type.
         sampler, n_steps, guidance_scale, guidance_interval, precision
             See :meth:`sample_latent`.
-        seed, batch_size, progress_bar
-            See :meth:`sample_latent`; ``seed`` also fixes the drawn covariates and NB counts.
+        seed
+            Random seed of everything drawn (cell types, covariates, library sizes, latents,
+            posterior noise, NB counts): the same seed gives the same cells. ``None`` (default)
+            draws a seed from torch's global generator, so that successive calls give new
+            cells and ``scvi.settings.seed`` makes a session reproducible; the seed used is
+            recorded in ``uns["scgm"]["seed"]`` and in the cell names.
+        batch_size, progress_bar
+            See :meth:`sample_latent`.
         out
             Write the cells to this ``.h5ad`` file instead of returning them (for millions of
             cells). The file is written under a temporary name and renamed when complete;
             read it with ``anndata.read_h5ad(out, backed="r")``.
         overwrite
             Replace an existing ``out`` file.
+        posterior_noise
+            Add each cell type's mean posterior variance to the sampled latents before
+            decoding (:class:`~scgm_scvi.module.PosteriorNoise`), so that generated cells carry
+            the variability a posterior sample of a real cell has; without it they are
+            decoded like posterior means, smoother than real cells. ``None`` (default): on when
+            the score model was trained on posterior means (``diffusion_target="mean"``, the
+            default) and the model has the variances (models saved before they existed do
+            not).
         latent_key
-            ``obsm`` key of the latents; ``None`` leaves them out. For millions of cells that
+            ``obsm`` key of the latents (those decoded, noise included); ``None`` leaves them
+            out. For millions of cells that
             will be read with ``read_h5ad(backed="r")``, leave them out: anndata loads
             ``obsm`` into memory (1 GB per million cells at ``n_latent=256``), only ``X``
             stays on disk.
@@ -1281,6 +1317,8 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         if out is not None and os.path.exists(out) and not overwrite:
             raise FileExistsError(f"{out} exists; pass overwrite=True to replace it.")
         check_sampling_args(n_steps, guidance_scale, seed, batch_size)
+        if seed is None:  # from the global generator: scvi.settings.seed governs it
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())
         rng = np.random.default_rng(seed)
         decoder, cond = self._resolve_conditions(n, cell_type, covariates, rng)
         lib = check_library_size(library_size, len(cond))
@@ -1291,6 +1329,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         _check_precision(precision)
         check_guidance_interval(guidance_interval)
         steps = DEFAULT_STEPS[sampler] if n_steps is None else n_steps
+        noise = self._resolve_posterior_noise(posterior_noise)
         obs = self._obs_from_codes(cond)
         obs["library_size"] = np.exp(decoder["log_library"].to_numpy()).round()
         for key in self.conditions_["cont_keys"]:
@@ -1305,7 +1344,8 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
                 if guidance_interval is None
                 else [float(v) for v in guidance_interval],
                 "precision": precision,
-                "seed": -1 if seed is None else seed,
+                "posterior_noise": noise,
+                "seed": seed,
                 "network_evaluations_per_cell": EVALS_PER_STEP[sampler]
                 * steps
                 * (1 if guidance_scale == 1.0 else 2),
@@ -1313,7 +1353,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         }
         chunks = self._generate_chunks(
             cond, decoder, sampler, n_steps, guidance_scale, seed, batch_size, progress_bar,
-            precision, guidance_interval,
+            precision, guidance_interval, noise,
         )  # fmt: skip
         if out is None:
             Xs, zs = [], []
@@ -1321,7 +1361,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
                 Xs.append(X)
                 if latent_key is not None:
                     zs.append(z)
-            obs.index = [f"scgm_{i}" for i in range(len(obs))]
+            obs.index = [f"scgm{seed}_{i}" for i in range(len(obs))]
             adata = AnnData(X=stack_rows(Xs), obs=obs, var=var)
             if latent_key is not None:
                 adata.obsm[latent_key] = stack_rows(zs)
@@ -1338,7 +1378,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         try:
             start = 0
             for X, z in chunks:  # obs too goes chunk by chunk: cell names are not kept
-                names = [f"scgm_{i}" for i in range(start, start + X.shape[0])]
+                names = [f"scgm{seed}_{i}" for i in range(start, start + X.shape[0])]
                 writer.append(X, z, obs.iloc[start : start + X.shape[0]].set_axis(names))
                 start += X.shape[0]
             return writer.close(None if start else obs, var, uns)
@@ -1349,9 +1389,24 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
                 raise
             raise reason from exc
 
+    def _resolve_posterior_noise(self, posterior_noise: bool | None) -> bool:
+        available = self.module.posterior_noise.fitted
+        if posterior_noise is None:
+            return available and self.module.diffusion_target == "mean"
+        if not isinstance(posterior_noise, bool):
+            raise ValueError(
+                f"posterior_noise must be True, False or None, got {posterior_noise!r}."
+            )
+        if posterior_noise and not available:
+            raise ValueError(
+                "This model has no posterior variances (saved before scgm_scvi 0.2): train stage "
+                "2 again (model.train_diffusion()) or pass posterior_noise=False."
+            )
+        return posterior_noise
+
     def _generate_chunks(
         self, cond, decoder, sampler, n_steps, guidance_scale, seed, batch_size, progress_bar,
-        precision, guidance_interval,
+        precision, guidance_interval, posterior_noise,
     ):  # fmt: skip
         """Yield ``(counts CSR, latents)`` per chunk of ``batch_size`` cells, each chunk with
         its own seeds, so that the cells do not depend on how they are consumed."""
@@ -1370,6 +1425,10 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
                 precision=precision,
                 guidance_interval=guidance_interval,
             )
+            if posterior_noise:
+                labels = torch.as_tensor(cond[rows][:, 0], device=z.device)
+                with _seeded(_chunk_seed(seed, i, 2), z.device):
+                    z = self.module.posterior_noise.sample(z, labels)
             X = self._decode(z, decoder.iloc[rows], "counts", _chunk_seed(seed, i, 1), batch_size)
             bar.update(z.shape[0])
             yield X, z.cpu().numpy()
@@ -1397,9 +1456,12 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         return codes
 
     def _obs_from_codes(self, cond: np.ndarray) -> pd.DataFrame:
+        """Names of the condition codes; categories are those present (as after subsetting
+        real cells), so that plots and ``rank_genes_groups`` see no empty groups."""
         obs = {}
         for j, col in enumerate(self.conditions_["columns"]):
-            obs[col["key"]] = pd.Categorical.from_codes(cond[:, j], categories=col["categories"])
+            codes = pd.Categorical.from_codes(cond[:, j], categories=col["categories"])
+            obs[col["key"]] = codes.remove_unused_categories()
         return pd.DataFrame(obs)
 
     # ------------------------------------------------------------------ persistence
@@ -1641,13 +1703,19 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         return model
 
 
-def _add_label_moments(moments: dict, z: torch.Tensor, labels: torch.Tensor) -> None:
-    """Accumulate per-label count, sum and sum of outer products of a block of latents."""
+def _add_label_moments(
+    moments: dict, z: torch.Tensor, scale: torch.Tensor, labels: torch.Tensor
+) -> None:
+    """Accumulate per-label count and sum of posterior variances of a block of latents, and
+    (for the Gaussian baseline) their sum and sum of outer products."""
     for c in torch.unique(labels).tolist():  # one host sync per block, outside any training
-        zc = z[labels == c]
-        moments["label_count"][c] += len(zc)
-        moments["label_sum"][c] += zc.sum(0)
-        moments["label_outer"][c] += zc.T @ zc
+        rows = labels == c
+        moments["label_count"][c] += int(rows.sum())
+        moments["label_scale_sq"][c] += scale[rows].square().sum(0)
+        if "label_sum" in moments:
+            zc = z[rows]
+            moments["label_sum"][c] += zc.sum(0)
+            moments["label_outer"][c] += zc.T @ zc
 
 
 def _chunk_seed(seed: int | None, chunk: int, stream: int) -> int | None:

@@ -1,6 +1,7 @@
 """Torch modules: the NB-VAE with its latent score network."""
 
 from ._gaussian import LabelGaussians
+from ._posterior_noise import PosteriorNoise
 from ._scgm_module import (
     COND_KEY,
     Z_LOC_KEY,
@@ -17,6 +18,7 @@ __all__ = [
     "DiffusionTarget",
     "LabelGaussians",
     "LatentScaling",
+    "PosteriorNoise",
     "SCGMModule",
     "ScoreBaseline",
     "ScoreNetwork",

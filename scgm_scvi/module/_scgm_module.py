@@ -16,6 +16,7 @@ from scvi.module.base import LossOutput
 from scgm_scvi.sde import VPSDE
 
 from ._gaussian import LabelGaussians
+from ._posterior_noise import PosteriorNoise
 from ._score_net import ScoreNetwork
 
 # keys of the stage-2 minibatches built by :class:`scgm_scvi.data.LatentDataModule`
@@ -135,6 +136,7 @@ class SCGMModule(VAE):
             if score_baseline == "gaussian"
             else None
         )
+        self.posterior_noise = PosteriorNoise(n_latent, self.condition_sizes[0])
         # stage-2 state, saved in the state dict: latent standardisation, library size per label
         self.register_buffer("latent_mean", torch.zeros(n_latent))
         self.register_buffer("latent_std", torch.ones(n_latent))
@@ -149,7 +151,12 @@ class SCGMModule(VAE):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """As :meth:`torch.nn.Module.load_state_dict`; a state saved before the Gaussian score
         baseline existed (no ``gaussians.*`` entries) loads with ``score_baseline="none"``, the
-        parametrisation it was trained with."""
+        parametrisation it was trained with, and one saved before the posterior noise existed
+        loads without it (generation then adds no noise, as when it was saved)."""
+        if "posterior_noise.var" not in state_dict:  # saved before it existed: no noise
+            state_dict = {**state_dict, "posterior_noise.var": torch.zeros_like(
+                self.posterior_noise.var
+            )}  # fmt: skip
         if self.gaussians is not None and not any(k.startswith("gaussians.") for k in state_dict):
             warnings.warn(
                 "This model was saved before the Gaussian score baseline existed; it is loaded "
