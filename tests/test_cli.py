@@ -225,6 +225,18 @@ def test_train_writes_a_loadable_model(workspace):
     assert model.registry_["setup_args"]["categorical_covariate_keys"] == ["condition"]
 
 
+def test_train_progress_bars_go_to_stderr(workspace, tmp_path, capsys):
+    """``scgm-scvi train ... > train.log``: the log gets the summary lines, not the bars."""
+    argv = ["train", str(workspace / "toy.h5ad"), "--out", str(tmp_path / "m")]
+    assert (
+        cli.main([*argv, "--labels-key", "cell_type", *TINY_ARGS, *FAST_ARGS, "--progress"]) == 0
+    )
+    out, err = capsys.readouterr()
+    assert "\r" not in out and "Epoch" not in out
+    assert "[scgm-scvi] training stage 1" in out
+    assert "Epoch" in err
+
+
 def test_train_options_reach_the_model(workspace, tmp_path, monkeypatch):
     """``--kl-warmup`` and ``--early-stopping`` reach the VAE's training, ``--norm``,
     ``--latent-scaling`` and ``--score-baseline`` the module, ``--diffusion-batch-size`` stage 2;

@@ -233,7 +233,7 @@ def test_all_parameters_trainable_after_train(trained):
 def test_diffusion_history(trained):
     model, _ = trained
     hist = model.diffusion_history_
-    assert "train_loss" in hist and "reconstruction_loss_validation" in hist
+    assert "train_loss" in hist and "denoising_loss_validation" in hist
     assert len(hist["train_loss"]) == DIFFUSION_EPOCHS
     # the denoising loss of unit-variance noise starts near 1, the VAE's ELBO is in the hundreds
     assert float(hist["train_loss"].to_numpy().max()) < 5.0
@@ -745,3 +745,14 @@ def test_generated_categories_are_those_present(trained):
     assert list(g.obs["labels"].cat.categories) == ["label_1"]
     both = ad.concat([adata[adata.obs["labels"] == "label_1"], g], label="source")
     assert set(both.obs["labels"]) == {"label_1"}
+
+
+def test_stage_2_history_has_honest_names(trained):
+    model, _ = trained
+    assert set(model.diffusion_history_) == {
+        "train_loss",
+        "validation_loss",
+        "denoising_loss_train",
+        "denoising_loss_validation",
+    }
+    assert "elbo_train" in model.history  # stage 1 keeps scVI's names

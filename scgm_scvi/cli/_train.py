@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -245,7 +247,8 @@ def run(args: argparse.Namespace) -> int:
     fit = {**device_kwargs(args), "enable_progress_bar": progress}
     t0 = time.perf_counter()
     log("training stage 1 (VAE)")
-    with quiet_warnings():
+    # Lightning draws its bars on stdout; tools keep stdout for results, bars on stderr
+    with quiet_warnings(), contextlib.redirect_stdout(sys.stderr):
         model.train_vae(
             max_epochs=args.max_epochs,
             batch_size=args.batch_size,
@@ -258,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
     vae_epochs = len(model.history["train_loss"]) if model.history else 0
     log(f"VAE done in {t_vae:.0f} s ({vae_epochs} epochs)")
     log("training stage 2 (score network)")
-    with quiet_warnings():
+    with quiet_warnings(), contextlib.redirect_stdout(sys.stderr):
         model.train_diffusion(
             max_epochs=args.diffusion_max_epochs, batch_size=args.diffusion_batch_size, **fit
         )

@@ -75,6 +75,7 @@ from ._persist import (
     mark_stage_done,
     stage_checkpoint,
 )
+from ._plan import DiffusionTrainingPlan
 from ._query import (
     align_genes,
     freeze_old_condition_rows,
@@ -645,8 +646,10 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
             by default: that loss is noisy (random noise levels), and on PBMC 3k it stopped
             training long before the score model was good.
         plan_kwargs
-            Passed to :class:`~scvi.train.TrainingPlan`; default learning rate ``3e-3`` (on PBMC
-            3k it reached 0.93 label agreement in 600 epochs where ``1e-3`` reached 0.89).
+            Passed to the stage-2 plan (scVI's :class:`~scvi.train.TrainingPlan`, which logs
+            the denoising loss as ``denoising_loss_train`` / ``denoising_loss_validation`` in
+            ``diffusion_history_``); default learning rate ``3e-3`` (on PBMC 3k it reached 0.93
+            label agreement in 600 epochs where ``1e-3`` reached 0.89).
         indices
             Cells of the registered AnnData to train on (default: all).
         finetune
@@ -743,10 +746,10 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         hooks = []
         if self.query_ is not None and finetune == "new_conditions":
             hooks = freeze_old_condition_rows(self.module, self.query_["condition_sizes"])
-        plan = self._training_plan_cls(self.module, **plan_kwargs)
+        plan = DiffusionTrainingPlan(self.module, **plan_kwargs)
         if dm.n_val == 0:
             early_stopping = False
-        trainer_kwargs.setdefault("early_stopping_monitor", "reconstruction_loss_validation")
+        trainer_kwargs.setdefault("early_stopping_monitor", "denoising_loss_validation")
         trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         # the latent data module shards rows over processes itself (see LatentDataModule)
