@@ -214,7 +214,9 @@ class ErrorBudget:
         posterior mean is nearest to the generated latent (same type): library given latent."""
         from sklearn.neighbors import NearestNeighbors
 
-        g = self.model.generate(n=None, cell_type=self.sizes, seed=seed, progress_bar=False)
+        g = self.model.generate(
+            n=None, cell_type=self.sizes, seed=seed, posterior_noise=False, progress_bar=False
+        )  # neighbours of the noise-free latents; the noise is added before decoding
         z, cts = g.obsm["X_scgm"], g.obs["cell_type"].astype(str).to_numpy()
         nn = np.empty(len(z), dtype=np.int64)
         for ct in np.unique(cts):
@@ -223,13 +225,18 @@ class ErrorBudget:
             fit = NearestNeighbors(n_neighbors=1).fit(self.train_mean[pool])
             nn[rows] = pool[fit.kneighbors(z[rows], return_distance=False)[:, 0]]
         batch = None if self.batch is None else self.batch[nn]
+        z = self._posterior_noise(z, cts, np.random.default_rng(seed))
         return self._decode(z, cts, self.lib[nn], batch, seed)
 
     def regressed_library(self, seed):
         """Lever: SCGM's latents decoded with a log library drawn from a per-type linear
         Gaussian regression on the latent (fit on training posterior means), batch drawn."""
         rng = np.random.default_rng(seed)
-        g = self.model.generate(n=None, cell_type=self.sizes, seed=seed, progress_bar=False)
+        # regress on the noise-free latents (the fit is on posterior means), then decode them
+        # with the posterior noise as generate does
+        g = self.model.generate(
+            n=None, cell_type=self.sizes, seed=seed, posterior_noise=False, progress_bar=False
+        )
         z, cts = g.obsm["X_scgm"], g.obs["cell_type"].astype(str).to_numpy()
         log_lib = np.empty(len(z))
         for ct in np.unique(cts):
@@ -244,7 +251,15 @@ class ErrorBudget:
             log_lib[rows] += resid * rng.standard_normal(rows.sum())
         cov = _draw_cells(self.labels, {ct: int((cts == ct).sum()) for ct in self.sizes}, rng)
         batch = None if self.batch is None else self.batch[cov]
+        z = self._posterior_noise(z, cts, rng)
         return self._decode(z, cts, np.exp(log_lib), batch, seed)
+
+    def _posterior_noise(self, z, cts, rng):
+        """``z`` plus each type's mean posterior variance, as ``generate`` adds it."""
+        var = self.model.module.posterior_noise.var.cpu().numpy()
+        cats = list(self.model.conditions_["columns"][0]["categories"])
+        std = np.sqrt(var[:, [cats.index(c) for c in cts]].T)
+        return z + std * rng.standard_normal(z.shape)
 
     def scgm_without_noise(self, seed):
         return self.model.generate(
