@@ -121,7 +121,9 @@ def test_help_lists_demo(capsys):
     assert cli.main(["--help"]) == 0
     assert "demo" in capsys.readouterr().out
     assert cli.main(["demo", "--help"]) == 0
-    assert "--quick" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "--quick" in text
+    assert "80 %" in text and "%%" not in text
 
 
 def test_stratified_split():

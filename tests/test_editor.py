@@ -337,3 +337,12 @@ def test_latent_shift_is_balanced_over_strata(trained):
     np.testing.assert_allclose(shift, np.mean(diffs, axis=0), atol=1e-4)
     pooled = z[c == "stim"].mean(0) - z[c == "ctrl"].mean(0)
     assert np.abs(shift - pooled).max() > 1e-3
+
+
+def test_count_summaries_describe_the_edited_counts(editor, source):
+    source = source.copy()
+    source.obs["n_counts"] = np.asarray(source.X.sum(1)).ravel()
+    source.obs["n_genes"] = np.asarray((source.X > 0).sum(1)).ravel()
+    out = editor.edit(source, {"condition": "stim"}, strength=0.5, n_steps=4, seed=0)
+    np.testing.assert_allclose(out.obs["n_counts"], np.asarray(out.X.sum(1)).ravel())
+    np.testing.assert_array_equal(out.obs["n_genes"], np.asarray((out.X > 0).sum(1)).ravel())

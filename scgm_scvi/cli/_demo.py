@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
         help="train on 80%% of PBMC 3k, generate the held-out 20%%, plot and evaluate",
         description=(
             "Load the bundled PBMC 3k data, split it 80/20 stratified by cell type, train SCGM "
-            "on the 80 %%, generate as many cells per type as the 20 %% holds, and write "
+            "on the 80 %, generate as many cells per type as the 20 % holds, and write "
             "generated.h5ad, umap_real_vs_generated.png and metrics.md to --out."
         ),
     )

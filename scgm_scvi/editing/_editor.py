@@ -205,7 +205,9 @@ class SCGEditor:
         -------
         AnnData with ``X`` = edited NB counts (CSR, float32 integers), ``obs`` = the source
         ``obs`` with the target columns set, ``source_<key>`` holding the source values,
-        ``source_cell`` and ``library_size``; ``obsm["X_scgm_source"]`` and
+        ``source_cell`` and ``library_size`` (count summaries ``n_counts``, ``total_counts``,
+        ``n_genes``, ``n_genes_by_counts``, where present, recomputed from the edited counts);
+        ``obsm["X_scgm_source"]`` and
         ``obsm["X_scgm_edited"]`` = source and edited VAE latents; ``uns["scgm_edit"]`` = the
         edit parameters.
         """
@@ -709,6 +711,14 @@ class SCGEditor:
             obs[f"source_{key}"] = adata.obs[key].to_numpy()[rep]
             obs[key] = pd.Categorical.from_codes(table[f"cond_{j}"].to_numpy(), categories=cats)
         obs["library_size"] = np.exp(table["log_library"].to_numpy()).round()
+        # per-cell count summaries of the source describe the source's counts: recompute them
+        totals, detected = np.asarray(X.sum(1)).ravel(), np.asarray((X > 0).sum(1)).ravel()
+        for key, values in (("n_counts", totals), ("total_counts", totals)):
+            if key in obs:
+                obs[key] = values.astype(obs[key].dtype, copy=False)
+        for key in ("n_genes", "n_genes_by_counts"):
+            if key in obs:
+                obs[key] = detected.astype(obs[key].dtype, copy=False)
         out = AnnData(X=X, obs=obs, var=pd.DataFrame(index=self.model.var_names_.copy()))
         out.obsm[SOURCE_KEY] = z_src.cpu().numpy()
         out.obsm[EDITED_KEY] = z_edit.cpu().numpy()
