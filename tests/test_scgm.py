@@ -756,3 +756,9 @@ def test_stage_2_history_has_honest_names(trained):
         "denoising_loss_validation",
     }
     assert "elbo_train" in model.history  # stage 1 keeps scVI's names
+
+
+def test_view_anndata_setup(trained, capsys):
+    model, _ = trained
+    model.view_anndata_setup()  # scvi-tools calls rich.pretty without importing it
+    assert "setup_anndata" in capsys.readouterr().out

@@ -11,6 +11,7 @@ from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
+import rich.pretty  # noqa: F401 - scvi-tools' view_anndata_setup uses it unimported (rich 15)
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
