@@ -72,3 +72,21 @@ def test_tutorials_are_rendered(html):
     for nb in notebooks:
         page = html / "tutorials" / f"{nb.stem}.html"
         assert page.is_file(), page
+
+
+def test_project_hygiene_files():
+    """What a scverse maintainer expects: a licence, a typed package, pre-commit and RTD
+    configs (each parses)."""
+    import tomllib
+
+    import yaml
+
+    root = ROOT
+    assert "BSD 3-Clause" in (root / "LICENSE").read_text()
+    assert (root / "scgm_scvi" / "py.typed").is_file()
+    hooks = yaml.safe_load((root / ".pre-commit-config.yaml").read_text())
+    assert any("ruff" in repo["repo"] for repo in hooks["repos"])
+    rtd = yaml.safe_load((root / ".readthedocs.yaml").read_text())
+    assert rtd["sphinx"]["configuration"] == "docs/conf.py"
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["license"]["text"] == "BSD-3-Clause"
