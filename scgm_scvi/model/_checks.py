@@ -147,11 +147,10 @@ def check_library_size(library_size, n: int) -> np.ndarray | None:
     if library_size is None:
         return None
     try:
-        lib = per_cell_values(library_size, n, "library_size")
-    except (TypeError, ValueError) as exc:
-        if "library_size must" in str(exc):
-            raise
+        values = np.asarray(library_size, dtype=float)
+    except (TypeError, ValueError):
         raise ValueError(f"library_size must be numbers, got {library_size!r}.") from None
+    lib = per_cell_values(values, n, "library_size")
     if not np.all(np.isfinite(lib)) or np.any(lib <= 0):
         raise ValueError("library_size must be finite and positive (total counts per cell).")
     return lib

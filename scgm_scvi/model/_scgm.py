@@ -1714,7 +1714,7 @@ def _add_label_moments(
     (for the Gaussian baseline) their sum and sum of outer products."""
     for c in torch.unique(labels).tolist():  # one host sync per block, outside any training
         rows = labels == c
-        moments["label_count"][c] += int(rows.sum())
+        moments["label_count"][c] += rows.sum()  # a tensor: no host sync per label
         moments["label_scale_sq"][c] += scale[rows].square().sum(0)
         if "label_sum" in moments:
             zc = z[rows]
