@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import get_args
 
 import anndata as ad
@@ -454,7 +456,11 @@ def test_evaluate_writes_tables(workspace, capsys):
     assert cli.main([*argv, "--min-cells", "5"]) == 0
     text = md.read_text()
     assert "| group" in text and "| A " in text and "mmd_rbf" in text
-    assert "warning: Groups present only in `real`" in capsys.readouterr().err  # B: no cells
+    printed = capsys.readouterr()
+    assert "warning: Groups present only in `real`" in printed.err  # B: no cells
+    # the terminal gets the headline metrics of the overall rows; the file has everything
+    assert "| all " in printed.out and "w2" in printed.out and "| A " not in printed.out
+    assert "zero_frac_mae" in text and "zero_frac_mae" not in printed.out
     csv = workspace / "metrics.csv"
     argv = ["evaluate", real, gen, "--out", str(csv), "--metrics", "g2", "--groupby", "none"]
     assert cli.main([*argv, "--n-estimators", "20"]) == 0
@@ -476,6 +482,28 @@ def test_evaluate_edit(workspace, tmp_path):
     assert {"r2_mean_all", "pearson_delta_top_degs"} <= set(table["metric"])
     assert cli.main([*argv[:-4], "--out", str(tmp_path / "g.csv"), "--groupby", "cell_type"]) == 0
     assert set(pd.read_csv(tmp_path / "g.csv")["group"]) == {"A", "B", "C"}
+
+
+def test_evaluate_edit_selects_cells_by_obs_column(workspace, tmp_path, capsys):
+    """One file with both conditions: --select / --control-select replace splitting files."""
+    toy = toy_adata()
+    toy[toy.obs["condition"] == "stim"].copy().write_h5ad(tmp_path / "stim.h5ad")
+    toy[toy.obs["condition"] == "ctrl"].copy().write_h5ad(tmp_path / "ctrl.h5ad")
+    toy.write_h5ad(tmp_path / "both.h5ad")
+    edited = str(workspace / "edited.h5ad")
+    split = ["evaluate", str(tmp_path / "stim.h5ad"), edited, "--control"]
+    split += [str(tmp_path / "ctrl.h5ad"), "--out", str(tmp_path / "split.csv")]
+    selected = ["evaluate", str(tmp_path / "both.h5ad"), edited, "--select", "condition=stim"]
+    selected += ["--control-select", "condition=ctrl", "--out", str(tmp_path / "sel.csv")]
+    assert cli.main(split) == 0 and cli.main(selected) == 0
+    a, b = pd.read_csv(tmp_path / "split.csv"), pd.read_csv(tmp_path / "sel.csv")
+    pd.testing.assert_frame_equal(a, b)
+    capsys.readouterr()
+    bad = [*selected[:-2], "--out", str(tmp_path / "bad.csv"), "--select", "condition=STIM"]
+    assert cli.main(bad) == 2
+    assert "['STIM'] not in REAL.obs['condition']" in one_line_error(capsys)
+    assert cli.main([*bad[:-1], "stim=x"]) == 2
+    assert "--select 'stim'" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize(
@@ -516,3 +544,29 @@ def test_every_command_has_help(command, capsys):
         "demo": ["--quick"],
     }[command]:
         assert option in text
+
+
+def test_help_and_version_do_not_import_torch():
+    """`--help` / `--version` must not pay for torch and scvi-tools (timed in benchmarks/)."""
+    code = (
+        "import sys\n"
+        "from scgm_scvi import cli\n"
+        "for argv in (['--version'], ['--help'], ['train', '--help'], ['evaluate', '--help']):\n"
+        "    try:\n"
+        "        cli.main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = sorted(m for m in ('torch', 'scvi', 'anndata') if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in out.stdout, out.stdout[-500:]
+
+
+def test_package_attributes_load_on_first_use():
+    import scgm_scvi
+
+    assert {"SCGM", "SCGEditor", "metrics", "pl", "data"} <= set(dir(scgm_scvi))
+    assert scgm_scvi.SCGM.__name__ == "SCGM" and callable(scgm_scvi.metrics.evaluate)
+    with pytest.raises(AttributeError, match="no attribute 'SCGMM'"):
+        scgm_scvi.SCGMM  # noqa: B018

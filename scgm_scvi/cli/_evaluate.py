@@ -26,6 +26,19 @@ from ._common import (
 
 FAMILIES = ("g1", "fred", "g2", "stats", "label_agreement", "novelty")
 DEFAULT_GROUPBY = "cell_type"
+#: the metrics printed to the terminal (the --out file holds all of them)
+SUMMARY_METRICS = (
+    "w2",
+    "mmd_rbf",
+    "rf_auc",
+    "knn_auc",
+    "pcc",
+    "label_agreement",
+    "novelty_median_ratio",
+    "r2_mean_top_degs",
+    "pearson_delta_top_degs",
+    "e_distance_top_degs",
+)
 
 
 def add_parser(sub) -> None:
@@ -81,7 +94,24 @@ def add_parser(sub) -> None:
         "--control",
         type=Path,
         default=None,
-        help="evaluate an edit: the real source cells that were edited (.h5ad)",
+        help="evaluate an edit: the real source cells that were edited (.h5ad; default with "
+        "--control-select: the REAL file)",
+    )
+    p.add_argument(
+        "--select",
+        type=_selection,
+        default=None,
+        metavar="KEY=VALUE[,VALUE]",
+        help="use only the REAL cells whose obs column KEY holds one of the values, e.g. "
+        "condition=stim",
+    )
+    p.add_argument(
+        "--control-select",
+        type=_selection,
+        default=None,
+        metavar="KEY=VALUE[,VALUE]",
+        help="evaluate an edit: use only these cells of --control (or of REAL when --control "
+        "is not given) as the source cells, e.g. condition=ctrl",
     )
     p.add_argument(
         "--n-degs", type=positive_int, default=100, help="with --control: top DEGs (100)"
@@ -112,11 +142,49 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _selection(text: str) -> tuple[str, list[str]]:
+    """Argparse type: ``KEY=VALUE[,VALUE...]``."""
+    key, sep, values = text.partition("=")
+    picked = [v for v in values.split(",") if v]
+    if not sep or not key or not picked:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE[,VALUE], got {text!r}")
+    return key, picked
+
+
+def _select(adata, selection: tuple[str, list[str]] | None, option: str, name: str):
+    """The cells of ``adata`` whose obs column holds one of the selected values."""
+    if selection is None:
+        return adata
+    key, values = selection
+    check_keys(adata, [key], {key: option}, name)
+    column = adata.obs[key].astype(str)
+    absent = [v for v in values if v not in set(column)]
+    if absent:
+        present = sorted(set(column))
+        raise CLIError(
+            f"{option} {key}=...: {absent} not in {name}.obs[{key!r}] (values: {present[:20]})"
+        )
+    return adata[column.isin(values).to_numpy()]
+
+
 def _read(path: Path, option: str, layer: str | None):
     data, modality = read_cells(path, option)
     adata = rna_view(data, modality)
     check_counts(adata, layer, option)
     return adata
+
+
+def summary(table: pd.DataFrame) -> str:
+    """The headline metrics (:data:`SUMMARY_METRICS`) of a tidy frame as a short table."""
+    picked = table[table["metric"].isin(SUMMARY_METRICS)]
+    if "group" in picked.columns:
+        groups = [g for g in ("all", "mean") if g in set(picked["group"])]
+        if groups:
+            picked = picked[picked["group"].isin(groups)]
+        wide = picked.pivot_table(index="group", columns="metric", values="value", sort=False)
+        wide = wide[[m for m in SUMMARY_METRICS if m in wide.columns]].reset_index()
+        return wide.to_markdown(index=False, floatfmt=".4g")
+    return picked[["metric", "value"]].to_markdown(index=False, floatfmt=".4g")
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -132,7 +200,9 @@ def markdown(table: pd.DataFrame) -> str:
 def run(args: argparse.Namespace) -> int:
     """Run ``scgm-scvi evaluate``."""
     check_out_file(args.out, args.overwrite, (".csv", ".md"))
-    real = _read(args.real, "REAL", args.layer)
+    real = _select(_read(args.real, "REAL", args.layer), args.select, "--select", "REAL")
+    if args.control_select is not None and args.control is None:
+        args.control = args.real
     generated = _read(args.generated, "GENERATED", args.generated_layer)
     groupby = args.groupby
     if groupby is None and args.control is None:
@@ -150,7 +220,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         with quiet_warnings():
             if args.control is not None:
-                control = _read(args.control, "--control", args.layer)
+                control = _select(
+                    _read(args.control, "--control", args.layer),
+                    args.control_select,
+                    "--control-select",
+                    "--control",
+                )
                 table = _evaluate_edit(real, generated, control, groupby, args)
             else:
                 train = None if args.train is None else _read(args.train, "--train", args.layer)
@@ -176,8 +251,9 @@ def run(args: argparse.Namespace) -> int:
         table.to_csv(args.out, index=False)
     else:
         args.out.write_text(text + "\n")
-    print(text)
-    log(f"wrote {args.out} ({time.perf_counter() - t0:.1f} s)")
+    print(summary(table))
+    n_metrics = table["metric"].nunique()
+    log(f"wrote all {n_metrics} metrics to {args.out} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 
