@@ -52,7 +52,8 @@ from scgm_scvi.editing import SCGEditor
 from scgm_scvi.metrics import evaluate_edit, top_degs
 from scgm_scvi.model import SCGM
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "kang2018_ifnb_muscat1.5k.h5ad"
+#: bundled with the tutorials (tutorials/data/README.md: source and licence)
+DATA = Path(__file__).resolve().parents[1] / "tutorials" / "data" / "kang2018_ifnb_muscat1.5k.h5ad"
 METRICS = ["r2_mean_all", "r2_mean_top_degs", "pearson_delta_top_degs", "e_distance_top_degs"]
 # interferon-stimulated genes reported in every run (all among the 1,267 genes of the data)
 ISGS = ["ISG15", "IFI6", "IFIT1", "MX1", "IFIT3", "ISG20", "IFITM3", "LY6E"]

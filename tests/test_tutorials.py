@@ -10,9 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = ROOT / "tutorials"
-#: where the notebooks look for the shared real data (their default: ../../shared/data)
-DATA_DIR = Path(os.environ.get("SCGM_DATA_DIR", ROOT.parent / "shared" / "data"))
-#: notebook -> shared data file it needs (None: bundled data only)
+#: notebook -> data file it reads from tutorials/data/ (None: the package's bundled data)
 NOTEBOOKS = {
     "01_generate_pbmc.ipynb": None,
     "02_edit_kang_ifnb.ipynb": "kang2018_ifnb_muscat1.5k.h5ad",
@@ -28,6 +26,13 @@ def test_every_notebook_is_tested():
     assert sorted(p.name for p in TUTORIALS.glob("*.ipynb")) == sorted(NOTEBOOKS)
 
 
+def test_tutorial_data_is_in_the_repository():
+    """A fresh clone runs every tutorial: the data they read are in tutorials/data/."""
+    readme = (TUTORIALS / "data" / "README.md").read_text()
+    for data in filter(None, NOTEBOOKS.values()):
+        assert (TUTORIALS / "data" / data).is_file() and data in readme
+
+
 def test_notebooks_are_saved_with_outputs():
     """Committed notebooks carry their outputs (the docs render them without executing)."""
     for name in NOTEBOOKS:
@@ -41,12 +46,8 @@ def test_notebooks_are_saved_with_outputs():
 
 @pytest.mark.parametrize("name", list(NOTEBOOKS))
 def test_notebook_runs(name, monkeypatch):
-    data = NOTEBOOKS[name]
-    if data is not None and not (DATA_DIR / data).exists():
-        pytest.skip(f"shared data {DATA_DIR / data} not present next to the checkout")
     monkeypatch.setenv("SCGM_TUTORIAL_EPOCHS", "2")
     monkeypatch.setenv("SCGM_TUTORIAL_STEPS", "3")
-    monkeypatch.setenv("SCGM_DATA_DIR", str(DATA_DIR))
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("PYTHONWARNINGS", "ignore")

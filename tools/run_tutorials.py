@@ -3,8 +3,7 @@
 Run from the repository root: ``python tools/run_tutorials.py [NAME.ipynb ...]`` (default: all
 of ``tutorials/``). The docs render the saved outputs without executing; the tests execute the
 notebooks with a few epochs and do not save them. Tutorial 02 reads the Kang data from
-``$SCGM_DATA_DIR`` (default ``../shared/data``, as the notebook itself). Prints each notebook's
-wall time.
+``tutorials/data/``. Prints each notebook's wall time.
 """
 
 import os
@@ -17,7 +16,6 @@ import nbformat
 
 TUTORIALS = Path("tutorials")
 names = sys.argv[1:] or sorted(p.name for p in TUTORIALS.glob("*.ipynb"))
-os.environ.setdefault("SCGM_DATA_DIR", str(Path("../shared/data").resolve()))
 for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 for name in names:
