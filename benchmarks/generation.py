@@ -296,7 +296,12 @@ def write_figures(out: Path) -> None:
     summary = pd.read_csv(out / "summary.csv")
     summary = summary[~summary["group"].isin(["all", "mean"])]
     fig = metric_bars(
-        summary, ["w2", "mmd_rbf", "label_agreement"], hue="method", ncols=1, figsize=(11, 10)
+        summary,
+        ["w2", "mmd_rbf", "label_agreement"],
+        hue="method",
+        ncols=1,
+        figsize=(11, 10),
+        return_fig=True,
     )
     fig.savefig(out / "per_type_metrics.png", dpi=72, bbox_inches="tight")
 

@@ -319,7 +319,7 @@ def plot_edit(ctrl, edited, real, cell_type, method, out: Path) -> None:
 
     from scgm_scvi.pl import edit_plot
 
-    fig = edit_plot(ctrl, edited, real, ISGS + ISGS_EXTRA, figsize=(10, 3.8))
+    fig = edit_plot(ctrl, edited, real, ISGS + ISGS_EXTRA, figsize=(10, 3.8), return_fig=True)
     fig.suptitle(f"{cell_type}: {method} (held-out stim cells)", fontsize=10)
     fig.tight_layout()
     name = cell_type.split()[0].replace("+", "").lower()

@@ -123,13 +123,10 @@ html_theme_options = {"show_toc_level": 2}
 html_static_path: list[str] = []
 
 # ---------------------------------------------------------------------------- guide pages
-# Pages of the user guide listed in index.md; any other top-level page (e.g. a new guide) is
-# appended to that toctree, so adding a page never breaks the -W build.
-_GUIDES = ["installation", "concepts", "cli", "mudata"]
-_OTHER_PAGES = {"index", "api", "tutorials", "citations", "changelog"}
-_EXTRA_GUIDES = sorted(
-    p.stem for p in HERE.glob("*.md") if p.stem not in set(_GUIDES) | _OTHER_PAGES
-)
+# Pages listed in index.md's toctrees; any other top-level page (e.g. a new guide) is appended
+# to the how-to guides, so adding a page never breaks the -W build.
+_LISTED = set(re.findall(r"^(\w+)$", (HERE / "index.md").read_text(), flags=re.MULTILINE))
+_EXTRA_GUIDES = sorted(p.stem for p in HERE.glob("*.md") if p.stem not in _LISTED | {"index"})
 
 
 def _public_callables(module_name: str) -> list[str]:
@@ -159,6 +156,8 @@ _stub_text = "".join(
 if not _STUBS.exists() or _STUBS.read_text() != _stub_text:
     _STUBS.write_text(_stub_text)
 autosummary_generate = ["api.md", _STUBS.name]
+# stub pages of names no longer in the API would break the -W build ("not in any toctree")
+shutil.rmtree(HERE / "generated", ignore_errors=True)
 exclude_patterns.append(_STUBS.name)
 
 

@@ -7,6 +7,9 @@ import logging
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
+# first, so that tqdm.auto is imported with its Jupyter "IProgress not found" warning silenced
+from . import _progress  # noqa: F401
+
 try:
     __version__ = version("scgm-scvi")
 except PackageNotFoundError:  # running from a source tree without installation

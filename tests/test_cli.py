@@ -570,3 +570,18 @@ def test_package_attributes_load_on_first_use():
     assert scgm_scvi.SCGM.__name__ == "SCGM" and callable(scgm_scvi.metrics.evaluate)
     with pytest.raises(AttributeError, match="no attribute 'SCGMM'"):
         scgm_scvi.SCGMM  # noqa: B018
+
+
+def test_warnings_relayed_to_the_user(capsys):
+    """One line per warning the user can act on; other libraries' deprecations stay out."""
+    torch_file = "/site-packages/torch/utils/_pytree.py"
+    cli._show_warning(FutureWarning("LeafSpec is deprecated"), FutureWarning, torch_file, 1)
+    cli._show_warning(DeprecationWarning("old"), DeprecationWarning, torch_file, 1)
+    assert capsys.readouterr().err == ""
+    cli._show_warning(UserWarning("few cells\nmore"), UserWarning, torch_file, 1)
+    ours = "/x/scgm_scvi/model/_scgm.py"
+    cli._show_warning(FutureWarning("`foo` will change"), FutureWarning, ours, 1)
+    assert capsys.readouterr().err.splitlines() == [
+        "scgm-scvi: warning: few cells",
+        "scgm-scvi: warning: `foo` will change",
+    ]

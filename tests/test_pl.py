@@ -79,32 +79,41 @@ def pair():
 def test_umap_real_vs_generated_panels(pair):
     real, gen = pair
     before = real.copy(), gen.copy()
-    fig = pl.umap_real_vs_generated(real, gen, "cell_type", n_top_genes=60, n_neighbors=10)
+    real.obs["cell_type"] = real.obs["cell_type"].astype("category")
+    real.uns["cell_type_colors"] = ["#111111", "#222222", "#333333"]  # the data's own colours
+    before = real.copy(), gen.copy()
+    kw = {"n_top_genes": 60, "n_neighbors": 10}
+    fig = pl.umap_real_vs_generated(real, gen, "cell_type", return_fig=True, **kw)
     assert isinstance(fig, Figure)
-    assert [ax.get_title() for ax in fig.axes] == ["source", "cell_type"]
-    # One point per cell in each panel.
-    assert all(ax.collections[0].get_offsets().shape[0] == 240 for ax in fig.axes)
-    fig1 = pl.umap_real_vs_generated(real, gen, None, n_top_genes=60, n_neighbors=10)
-    assert len(fig1.axes) == 1
+    axes = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in axes] == ["source", "cell_type"]
+    # One point per cell in each panel, drawn by scanpy in the real data's colours.
+    assert all(ax.collections[0].get_offsets().shape[0] == 240 for ax in axes)
+    legend = [t.get_text() for t in axes[1].get_legend().get_texts()]
+    assert legend == ["A", "B", "C"]
+    drawn = {tuple(np.round(c[:3], 3)) for c in axes[1].collections[0].get_facecolors()}
+    assert drawn == {(round(k * 0x11 / 255, 3),) * 3 for k in (1, 2, 3)}
+    # Not shown: the axes, as scanpy returns them
+    panels = pl.umap_real_vs_generated(real, gen, None, show=False, **kw)
+    assert len(panels) == 1 and panels[0].get_title() == "source"
     assert_unchanged(real, before[0])
     assert_unchanged(gen, before[1])
 
 
 def test_gene_mean_scatter_reports_pearson(pair):
     real, gen = pair
-    fig = pl.gene_mean_scatter(real, gen)
-    assert len(fig.axes) == 1
+    ax = pl.gene_mean_scatter(real, gen, show=False)
     r = M.gene_mean_correlation(real, gen)["pearson"]
-    assert fig.axes[0].get_title().startswith(f"Pearson r = {r:.3f}")
-    # Drawing into a given axes returns that axes' figure.
-    fig2, axes = plt.subplots(1, 2)
-    assert pl.gene_mean_scatter(real, gen, ax=axes[1]) is fig2
+    assert ax.get_title().startswith(f"Pearson r = {r:.3f}")
+    # Drawing into a given axes returns that axes.
+    _, axes = plt.subplots(1, 2)
+    assert pl.gene_mean_scatter(real, gen, ax=axes[1], show=False) is axes[1]
 
 
 def test_metric_bars_one_panel_per_metric(pair):
     real, gen = pair
     df = M.evaluate(real, gen, metrics=["g1", "fred"])
-    fig = pl.metric_bars(df)
+    fig = pl.metric_bars(df, return_fig=True)
     assert [ax.get_title() for ax in fig.axes] == ["w1", "w2", "mmd_linear", "mmd_rbf", "frechet"]
     # Groups: all, A, B, C, mean -> five bars per panel.
     assert len(fig.axes[0].patches) == 5
@@ -112,7 +121,7 @@ def test_metric_bars_one_panel_per_metric(pair):
     runs = pd.concat(
         [df.assign(model="m1", seed=0), df.assign(model="m1", seed=1), df.assign(model="m2")]
     )
-    fig2 = pl.metric_bars(M.summarize_runs(runs), ["w2", "frechet"], hue="model")
+    fig2 = pl.metric_bars(M.summarize_runs(runs), ["w2", "frechet"], hue="model", return_fig=True)
     assert len(fig2.axes) == 2
     assert len(fig2.axes[0].patches) == 2 * 5
     with pytest.raises(ValueError, match="lacks the columns"):
@@ -130,10 +139,34 @@ def test_edit_plot_two_panels():
     edited = make_counts({"A": 50}, seed=2, profiles={"A": stim_profile})
     before = ctrl.copy()
     genes = M.top_degs(stim, ctrl, n=10)
-    fig = pl.edit_plot(ctrl, edited, stim, genes)
+    fig = pl.edit_plot(ctrl, edited, stim, genes, return_fig=True)
     assert len(fig.axes) == 2
     r = M.pearson_delta(edited, stim, ctrl, genes)
     assert fig.axes[1].get_title() == f"Pearson delta = {r:.3f}"
     # Three lines (control, edited, real target) with one point per gene.
     assert [len(line.get_xdata()) for line in fig.axes[0].lines] == [10, 10, 10]
     assert_unchanged(ctrl, before)
+
+
+def test_plots_end_as_scanpy_plots(pair, monkeypatch, tmp_path):
+    """Shown by default (scanpy's autoshow) and then nothing returned: no second rendering."""
+    import scanpy as sc
+
+    real, gen = pair
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda *a, **k: shown.append(1))
+    saved = sc.settings.autoshow, sc.settings.figdir, sc.settings.file_format_figs
+    try:
+        sc.settings.autoshow = True
+        assert pl.gene_mean_scatter(real, gen) is None and shown == [1]
+        df = M.evaluate(real, gen, metrics=["g1"])
+        assert pl.metric_bars(df, ["w2"], save=tmp_path / "bars.png") is None
+        assert len(shown) == 2 and (tmp_path / "bars.png").stat().st_size > 0
+        sc.settings.autoshow = False
+        sc.settings.figdir = tmp_path / "figs"
+        sc.settings.file_format_figs = "svg"
+        axes = pl.metric_bars(df, ["w2", "w1"], save=True)
+        assert len(axes) == 2 and len(shown) == 2
+        assert (tmp_path / "figs" / "metric_bars.svg").exists()
+    finally:
+        sc.settings.autoshow, sc.settings.figdir, sc.settings.file_format_figs = saved

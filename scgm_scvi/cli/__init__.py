@@ -43,7 +43,14 @@ def _version() -> str:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Library warnings as one line each, without the source line."""
+    """Library warnings as one line each, without the source line.
+
+    Other libraries' deprecation notices (torch, Lightning, scanpy, ...) are for developers of
+    code that calls them, not for the user of this command: they are not relayed.
+    """
+    deprecation = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+    if issubclass(category, deprecation) and "scgm_scvi" not in str(filename):
+        return
     text = str(message).splitlines()[0] if str(message) else category.__name__
     print(f"{PROG}: warning: {text}", file=sys.stderr)
 

@@ -166,7 +166,7 @@ def _plot_umap(real, generated, path: Path, seed: int) -> None:
 
     from scgm_scvi import pl
 
-    fig = pl.umap_real_vs_generated(real, generated, color=LABELS_KEY, seed=seed)
+    fig = pl.umap_real_vs_generated(real, generated, LABELS_KEY, seed=seed, return_fig=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 

@@ -128,7 +128,7 @@ def add_parser(sub) -> None:
         type=positive_int,
         default=None,
         help="epochs over which the VAE's KL weight rises to 1 (default: scVI's 400); an "
-        "eighth of --max-epochs helped editing and hurt generation (docs: concepts)",
+        "eighth of --max-epochs helped editing and hurt generation (docs: Benchmarks)",
     )
     fit.add_argument(
         "--early-stopping",
@@ -156,8 +156,7 @@ def add_parser(sub) -> None:
         choices=LATENT_SCALINGS,
         default="global",
         help="scale of the latent before the SDE: all dimensions by one factor (global, "
-        "default; keeps dimensions the VAE barely uses small) or each to unit std (per_dim); "
-        "docs: concepts",
+        "default; keeps dimensions the VAE barely uses small) or each to unit std (per_dim)",
     )
     net.add_argument(
         "--score-baseline",

@@ -15,8 +15,8 @@ import torch
 from anndata import AnnData
 from mudata import MuData
 from scvi import REGISTRY_KEYS
-from tqdm.auto import tqdm
 
+from scgm_scvi._progress import ProgressBar
 from scgm_scvi.model._checks import check_counts, check_finite, check_sampling_args
 from scgm_scvi.model._mudata import as_registered_mudata, rna_anndata
 from scgm_scvi.samplers import (
@@ -199,7 +199,8 @@ class SCGEditor:
         batch_size
             Cells processed at once.
         progress_bar
-            Show a progress bar (default: only in interactive sessions).
+            Show a progress bar (``scvi.settings.progress_bar_style``); default: on a terminal
+            and in Jupyter, not when output goes to a file.
 
         Returns
         -------
@@ -630,10 +631,8 @@ class SCGEditor:
             generator.manual_seed(int(seed))
         chunks = list(torch.split(torch.arange(len(x0), device=device), batch_size))
         passes = 2 if method == "ode" else 1
-        bar = tqdm(
-            total=passes * n_steps * len(chunks),
-            desc=f"Editing ({method}, {sampler})",
-            disable=None if progress_bar is None else not progress_bar,
+        bar = ProgressBar(
+            passes * n_steps * len(chunks), f"Editing ({method}, {sampler})", progress_bar
         )
 
         def callback(i, t, x):

@@ -1,6 +1,6 @@
 """Evaluation of generated and edited cells against real cells.
 
-Implements the protocols of the project's ``evaluation.md``: G1 (CFGen: distances in a fixed
+Implements the protocols of the documentation's evaluation page: G1 (CFGen: distances in a fixed
 reference PCA), G2 (scDiffusion: gene-mean correlations and discriminators), FReD (Fréchet
 distance), the novelty check, conditional label agreement, and the editing metrics (scGen R2,
 Pearson delta, E-distance on top DEGs).

@@ -209,7 +209,7 @@ def evaluate_edit(
     max_cells: int | None = 5000,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """All editing metrics of ``evaluation.md`` for one held-out cell type.
+    """All editing metrics of the evaluation protocol for one held-out cell type.
 
     Rows (column ``metric``):
 

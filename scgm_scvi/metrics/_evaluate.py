@@ -1,4 +1,4 @@
-"""One entry point that runs the generation protocols of ``evaluation.md`` on two AnnData."""
+"""One entry point that runs the generation protocols (docs: evaluation) on two AnnData."""
 
 from __future__ import annotations
 

@@ -36,8 +36,8 @@ from scvi.model.base._archesmixin import _get_loaded_data, _set_params_online_up
 from scvi.model.base._constants import SAVE_KEYS
 from scvi.train import TrainingPlan, TrainRunner
 from scvi.utils import setup_anndata_dsp
-from tqdm.auto import tqdm
 
+from scgm_scvi._progress import ProgressBar
 from scgm_scvi.data import LatentDataModule
 from scgm_scvi.data._latent_datamodule import DiskTensor, RowWriter, latent_directory
 from scgm_scvi.module import (
@@ -121,12 +121,12 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
     n_layers
         Number of hidden layers of the encoder and decoder (scVI's 1 by default). On PBMC 3k
         this architecture, trained as scVI trains, gave generated cells closer to held-out cells
-        than a 2 x 512 layer-norm VAE (``docs/concepts.md``).
+        than a 2 x 512 layer-norm VAE (documentation: Benchmarks).
     use_batch_norm, use_layer_norm
         Normalisation in the VAE, as in :class:`~scvi.module.VAE`. ``None``: scVI's, batch norm
         (``"both"``) and no layer norm (``"none"``); pass ``use_batch_norm="none",
         use_layer_norm="both"`` for layer norm, which edited Kang cells with lower E-distances
-        (``docs/concepts.md``). A model saved by an earlier development version, which did not
+        (documentation: Benchmarks). A model saved by an earlier development version, which did not
         record them, loads with the layer norm it was trained with.
     dropout_rate
         Dropout in the VAE.
@@ -147,15 +147,12 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         How the latent is scaled for the SDE: all dimensions by one factor (``"global"``,
         default), so that dimensions the VAE hardly uses stay small instead of being blown up
         to the scale of the informative ones, or every dimension to unit standard deviation
-        (``"per_dim"``). See ``benchmarks/latent_dims.py`` for its measured effect.
+        (``"per_dim"``).
     score_baseline
         ``"gaussian"`` (default): fit a Gaussian to each cell type's latents (mean and a
         covariance of rank ``gaussian_rank`` plus an isotropic rest) and let the score network
         learn only the correction to its exact score. ``"none"``: the network learns the whole
-        score (velocity prediction). On PBMC 3k the baseline lowered the W2 of ODE-sampled cells
-        from 12.90 to 12.76 with the earlier 2 x 512 layer-norm VAE (``benchmarks/results/pbmc3k``
-        at commit 9a021be), and from 12.88 to 12.68 with scVI's VAE architecture
-        (``benchmarks/results/latent_dims``).
+        score (velocity prediction).
     gaussian_rank
         Covariance eigenpairs kept per cell type by the Gaussian baseline.
     **module_kwargs
@@ -1063,18 +1060,19 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         batch_size
             Cells sampled at once.
         progress_bar
-            Show a progress bar (default: only in interactive sessions).
+            Show a progress bar (``scvi.settings.progress_bar_style``); default: on a terminal
+            and in Jupyter, not when output goes to a file.
         precision
             ``"bf16-mixed"`` runs the score network under bfloat16 autocast (the sampler's
-            state and arithmetic stay float32): about twice as fast where the hardware has
-            bfloat16 matrix units, at a quality cost measured in
-            ``benchmarks/results/precision/report.md``. ``"32-true"``: float32 throughout.
+            state and arithmetic stay float32): faster where the hardware has bfloat16 matrix
+            units (see the Benchmarks page of the documentation). ``"32-true"``: float32
+            throughout.
         guidance_interval
             ``(t_lo, t_hi)``: guidance applies only at these times of the reverse process (SDE
             time: data at 0, noise at ``T = 1``), the plain conditional model elsewhere
             (Kynkaanniemi et al. 2024); ``None`` (default): at every time. On PBMC 3k an interval
             moved the cells along the same trade-off between label agreement and RBF-MMD as a
-            smaller weight does, no better (``docs/concepts.md``). Unused when
+            smaller weight does, no better (documentation: Benchmarks). Unused when
             ``guidance_scale == 1``.
 
         Returns
@@ -1101,10 +1099,12 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         spacing = "karras" if sampler.startswith("ode") else "uniform"
         ts = sde.time_grid(n_steps, spacing=spacing, device=device)
         chunks = list(torch.split(torch.arange(len(cond), device=device), batch_size))
-        bar = tqdm(
-            total=n_steps * len(chunks),
-            desc=f"Sampling ({sampler})",
-            disable=_quiet(progress_bar),
+        # generate() passes its own bar (one for all chunks): ``progress_bar`` is then that bar
+        own_bar = not isinstance(progress_bar, ProgressBar)
+        bar = (
+            ProgressBar(n_steps * len(chunks), f"Sampling ({sampler})", progress_bar)
+            if own_bar
+            else progress_bar
         )
         net = self.module.eps if precision == "32-true" else _bf16_autocast(self.module.eps)
         out = []
@@ -1117,7 +1117,8 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
                 x = sde.prior_sample((len(rows), self.module.n_latent), device=device)
                 x = SAMPLERS[sampler](eps_fn, sde, x, ts, callback=lambda *_: bar.update())
                 out.append(self.module.unstandardize(x))
-        bar.close()
+        if own_bar:
+            bar.close()
         nfe = EVALS_PER_STEP[sampler] * n_steps * (1 if guidance_scale == 1.0 else 2)
         return torch.cat(out), nfe
 
@@ -1415,7 +1416,9 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         """Yield ``(counts CSR, latents)`` per chunk of ``batch_size`` cells, each chunk with
         its own seeds, so that the cells do not depend on how they are consumed."""
         starts = range(0, len(cond), batch_size)
-        bar = tqdm(total=len(cond), desc=f"Generating ({sampler})", disable=_quiet(progress_bar))
+        steps = DEFAULT_STEPS[sampler] if n_steps is None else n_steps
+        # one bar over every sampler step of every chunk: long single chunks show progress too
+        bar = ProgressBar(steps * len(starts), f"Generating ({sampler})", progress_bar)
         for i, start in enumerate(starts):
             rows = slice(start, start + batch_size)
             z, _ = self.sample_latent(
@@ -1425,7 +1428,7 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
                 guidance_scale,
                 _chunk_seed(seed, i, 0),
                 batch_size,
-                progress_bar=False,
+                progress_bar=bar,
                 precision=precision,
                 guidance_interval=guidance_interval,
             )
@@ -1434,7 +1437,6 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
                 with _seeded(_chunk_seed(seed, i, 2), z.device):
                     z = self.module.posterior_noise.sample(z, labels)
             X = self._decode(z, decoder.iloc[rows], "counts", _chunk_seed(seed, i, 1), batch_size)
-            bar.update(z.shape[0])
             yield X, z.cpu().numpy()
         bar.close()
 
@@ -1582,15 +1584,15 @@ class SCGM(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseMo
         label). Then fine-tune with :meth:`train_vae` and :meth:`train_diffusion` (or
         :meth:`train`) and generate the new cell types by name.
 
-        Two cases (see ``docs/scaling.md``):
+        Two cases (see the how-to guide "Fine-tune on new data"):
 
         - **New batches of known cell types**: scArches' frozen surgery (``unfrozen=False``,
           the default when the query has no new cell type). Only the new batches' weights
           learn, the latent space stays the reference's, and ``train_diffusion`` learns only
           the new categories' embeddings.
         - **New cell types**: a frozen VAE never learned their genes and cannot encode or decode
-          them (``benchmarks/results/finetune/report.md``: reconstructed real B cells of PBMC 3k
-          through a VAE trained without B cells are mostly not recognised as B cells), so the
+          them (reconstructed real B cells of PBMC 3k through a VAE trained without B cells are
+          mostly not recognised as B cells), so the
           VAE must be fine-tuned unfrozen (the default when the query has a cell type the
           reference lacks). Pass the reference's cells together with the new ones as
           ``adata``: fine-tuning on the new cells alone moves the latent space away from the
@@ -1754,11 +1756,6 @@ def _to_csr(x: torch.Tensor) -> sp.csr_matrix:
         csr = x.to_sparse_csr()
     parts = (csr.values(), csr.col_indices().int(), csr.crow_indices())
     return sp.csr_matrix(tuple(p.cpu().numpy() for p in parts), shape=tuple(x.shape))
-
-
-def _quiet(progress_bar: bool | None) -> bool | None:
-    """tqdm's ``disable``: ``None`` hides the bar when output is not a terminal (tests, logs)."""
-    return None if progress_bar is None else not progress_bar
 
 
 class _seeded:

@@ -6,7 +6,7 @@ For data ``x0 ~ N(mu, Sigma)`` the VP-SDE's optimal noise prediction is linear a
 ``sigma x``, which is what plain velocity prediction (``eps = sigma x + alpha v``) builds in.
 Fitting ``mu`` and ``Sigma`` per cell type instead gives the network only the non-Gaussian
 remainder to learn: on PBMC 3k the score network alone spread each type's variance over too many
-latent directions, and this removed most of that (``docs/concepts.md``).
+latent directions, and this removed most of that.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""Plots comparing real with generated or edited cells (matplotlib; no ``plt.show()``)."""
+"""Plots of real vs generated or edited cells, ending as scanpy's do (``show``, ``save``)."""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -43,14 +44,19 @@ def umap_real_vs_generated(
     n_neighbors: int = 15,
     seed: int = 0,
     point_size: float | None = None,
-    figsize: tuple[float, float] | None = None,
-) -> Figure:
+    show: bool | None = None,
+    save: str | Path | bool | None = None,
+    return_fig: bool = False,
+    **kwargs,
+) -> Figure | list[Axes] | None:
     """Joint UMAP of real and generated cells, coloured by source and by a label.
 
     On copies of the counts of the shared genes: ``normalize_total(1e4)``, ``log1p``,
     ``n_top_genes`` HVGs (``seurat_v3`` on the pooled counts), PCA, neighbours and UMAP
-    (scanpy), all on the pooled cells, so that neither side defines the space. Points are drawn
-    in a random (seeded) order so that neither side hides the other.
+    (scanpy), all on the pooled cells, so that neither side defines the space. Drawn with
+    :func:`scanpy.pl.embedding` in a random (seeded) order of cells, so that neither side hides
+    the other; the label keeps ``real``'s colours (``real.uns[f"{color}_colors"]``) when it has
+    them.
 
     Parameters
     ----------
@@ -69,12 +75,21 @@ def umap_real_vs_generated(
         Seed of the PCA, UMAP and drawing order.
     point_size
         Marker area; default scales with the number of cells.
-    figsize
-        Figure size; default fits the number of panels.
+    show
+        Show the figure (``plt.show()``) and return ``None``; default
+        ``scanpy.settings.autoshow`` (``True``).
+    save
+        Write the figure: a file name with its format's suffix (``"umap.png"``), or ``True`` for
+        ``{scanpy.settings.figdir}/<function name>.{scanpy.settings.file_format_figs}``.
+    return_fig
+        Return the figure (not shown).
+    **kwargs
+        Passed to :func:`scanpy.pl.embedding` (e.g. ``legend_loc``, ``wspace``, ``palette``).
 
     Returns
     -------
-    The figure: one axes per panel (source, then ``color``).
+    With ``return_fig``, the figure; otherwise, when not shown, the axes (source, then
+    ``color``).
     """
     check_adata(real, "real")
     check_adata(generated, "generated")
@@ -84,19 +99,31 @@ def umap_real_vs_generated(
     check_counts(Xr, "real")
     check_counts(Xg, "generated")
     source = np.r_[np.repeat("real", real.n_obs), np.repeat("generated", generated.n_obs)]
-    labels = None
+    obs = pd.DataFrame(
+        {"source": pd.Categorical(source, categories=list(_SOURCE_COLORS))},
+        index=np.arange(len(source)).astype(str),
+    )
+    panels = ["source"]
+    uns = {"source_colors": list(_SOURCE_COLORS.values())}
     if color is not None:
         labels = np.r_[
             get_labels(real, color, "real"),
             get_labels(generated, generated_color or color, "generated"),
         ]
+        categories = _label_categories(real, color, labels)
+        obs[color] = pd.Categorical(labels, categories=categories)
+        real_colors = _own_colors(real, color, categories)
+        if real_colors is not None:
+            uns[f"{color}_colors"] = real_colors
+        panels.append(color)
     counts = _vstack(Xr, Xg)
     hvg = np.flatnonzero(select_hvg(counts, genes, n_top_genes))
     # Library sizes over all shared genes, then restricted to the HVGs.
     joint = AnnData(
         log1p_cp10k(counts)[:, hvg],
-        obs=pd.DataFrame({"source": source}, index=np.arange(len(source)).astype(str)),
+        obs=obs,
         var=pd.DataFrame(index=pd.Index(genes[hvg], dtype=str)),
+        uns=uns,
     )
     n_pcs = max(2, min(n_comps, min(joint.shape) - 1))
     with warnings.catch_warnings():
@@ -104,26 +131,16 @@ def umap_real_vs_generated(
         sc.pp.pca(joint, n_comps=n_pcs, random_state=seed)
         sc.pp.neighbors(joint, n_neighbors=min(n_neighbors, joint.n_obs - 1), random_state=seed)
         sc.tl.umap(joint, random_state=seed)
-    xy = joint.obsm["X_umap"]
-
-    n_panels = 1 if labels is None else 2
-    fig, axes = plt.subplots(
-        1, n_panels, figsize=figsize or (5.5 * n_panels + 1.5, 4.5), squeeze=False
+    # scanpy draws categories in obs order: a seeded shuffle keeps either side from hiding
+    joint = joint[np.random.default_rng(seed).permutation(joint.n_obs)]
+    kwargs.setdefault("size", point_size or float(np.clip(12000 / joint.n_obs, 2, 120)))
+    kwargs.setdefault(
+        "wspace", 0.55 if any(len(str(c)) > 12 for c in obs[panels[-1]].cat.categories) else 0.35
     )
-    size = point_size or float(np.clip(3000 / len(source), 2, 30))
-    order = np.random.default_rng(seed).permutation(len(source))
-    _scatter_categories(axes[0, 0], xy, source, order, size, _SOURCE_COLORS)
-    axes[0, 0].set_title("source")
-    if labels is not None:
-        _scatter_categories(axes[0, 1], xy, labels, order, size, None)
-        axes[0, 1].set_title(color)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_xlabel("UMAP1")
-        ax.set_ylabel("UMAP2")
-    fig.tight_layout()
-    return fig
+    fig = sc.pl.embedding(
+        joint, basis="umap", color=panels, show=False, return_fig=True, frameon=False, **kwargs
+    )
+    return _finish(fig, "umap_real_vs_generated", show, save, return_fig)
 
 
 def gene_mean_scatter(
@@ -133,7 +150,9 @@ def gene_mean_scatter(
     layer: str | None = None,
     generated_layer: str | None = None,
     ax: Axes | None = None,
-) -> Figure:
+    show: bool | None = None,
+    save: str | Path | bool | None = None,
+) -> Axes | None:
     """Per-gene mean log1p(CP10k) of generated vs real cells, with the Pearson r in the title.
 
     Parameters
@@ -144,10 +163,16 @@ def gene_mean_scatter(
         Layers holding the counts; ``None`` uses ``.X``.
     ax
         Axes to draw into; a new figure is made otherwise.
+    show
+        Show the figure (``plt.show()``) and return ``None``; default
+        ``scanpy.settings.autoshow`` (``True``).
+    save
+        Write the figure: a file name with its format's suffix (``"umap.png"``), or ``True`` for
+        ``{scanpy.settings.figdir}/<function name>.{scanpy.settings.file_format_figs}``.
 
     Returns
     -------
-    The figure holding the axes.
+    The axes, when not shown.
     """
     Lr, Lg = paired_lognorm(real, generated, layer, generated_layer)
     mr, mg = col_mean_var(Lr)[0], col_mean_var(Lg)[0]
@@ -162,7 +187,7 @@ def gene_mean_scatter(
     ax.set_xlabel("real: mean log1p(CP10k)")
     ax.set_ylabel("generated: mean log1p(CP10k)")
     ax.set_title(f"Pearson r = {corr['pearson']:.3f}, Spearman = {corr['spearman']:.3f}")
-    return ax.figure
+    return _finish(ax, "gene_mean_scatter", show, save, False)
 
 
 def metric_bars(
@@ -173,7 +198,10 @@ def metric_bars(
     hue: str | None = None,
     ncols: int = 3,
     figsize: tuple[float, float] | None = None,
-) -> Figure:
+    show: bool | None = None,
+    save: str | Path | bool | None = None,
+    return_fig: bool = False,
+) -> Figure | list[Axes] | None:
     """Bar chart per metric with one bar per group, from a tidy :func:`evaluate` table.
 
     Also accepts the output of :func:`~scgm_scvi.metrics.summarize_runs` (columns ``mean`` and
@@ -194,10 +222,18 @@ def metric_bars(
         Panels per row.
     figsize
         Figure size; default scales with the panels.
+    show
+        Show the figure (``plt.show()``) and return ``None``; default
+        ``scanpy.settings.autoshow`` (``True``).
+    save
+        Write the figure: a file name with its format's suffix (``"umap.png"``), or ``True`` for
+        ``{scanpy.settings.figdir}/<function name>.{scanpy.settings.file_format_figs}``.
+    return_fig
+        Return the figure (not shown).
 
     Returns
     -------
-    The figure, with one axes per metric.
+    With ``return_fig``, the figure; otherwise, when not shown, one axes per metric.
     """
     value_col = "mean" if "mean" in df and "value" not in df else "value"
     missing = [c for c in ("group", "metric", value_col) if c not in df]
@@ -253,7 +289,7 @@ def metric_bars(
     if hue is not None:
         axes.ravel()[0].legend(fontsize=8)
     fig.tight_layout()
-    return fig
+    return _finish(fig, "metric_bars", show, save, return_fig)
 
 
 def edit_plot(
@@ -265,7 +301,10 @@ def edit_plot(
     layer: str | None = None,
     edited_layer: str | None = None,
     figsize: tuple[float, float] = (11.0, 4.2),
-) -> Figure:
+    show: bool | None = None,
+    save: str | Path | bool | None = None,
+    return_fig: bool = False,
+) -> Figure | list[Axes] | None:
     """Mean expression of control, edited and real target cells on selected genes.
 
     Left: per-gene mean log1p(CP10k) of the three datasets, genes sorted by the real change
@@ -288,10 +327,18 @@ def edit_plot(
         Layers holding the counts of the real datasets / of ``edited``.
     figsize
         Figure size.
+    show
+        Show the figure (``plt.show()``) and return ``None``; default
+        ``scanpy.settings.autoshow`` (``True``).
+    save
+        Write the figure: a file name with its format's suffix (``"umap.png"``), or ``True`` for
+        ``{scanpy.settings.figdir}/<function name>.{scanpy.settings.file_format_figs}``.
+    return_fig
+        Return the figure (not shown).
 
     Returns
     -------
-    The figure, with two axes.
+    With ``return_fig``, the figure; otherwise, when not shown, the two axes.
     """
     means = shared_means(
         {
@@ -330,7 +377,7 @@ def edit_plot(
     ax1.set_ylabel("predicted change (edited - control)")
     ax1.set_title(f"Pearson delta = {r:.3f}")
     fig.tight_layout()
-    return fig
+    return _finish(fig, "edit_plot", show, save, return_fig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,20 +391,41 @@ def _vstack(a, b):
     return np.vstack([a, b])
 
 
-def _scatter_categories(ax, xy, labels, order, size, palette) -> None:
-    cats = list(pd.unique(labels))
-    if palette is None:
-        cmap = plt.get_cmap("tab10" if len(cats) <= 10 else "tab20")
-        palette = {c: cmap(i % cmap.N) for i, c in enumerate(cats)}
-    colors = np.array([palette[c] for c in labels], dtype=object)[order]
-    ax.scatter(xy[order, 0], xy[order, 1], c=list(colors), s=size, linewidths=0, alpha=0.8)
-    handles = [
-        plt.Line2D([], [], ls="", marker="o", ms=5, color=palette[c], label=str(c)) for c in cats
-    ]
-    ax.legend(
-        handles=handles,
-        loc="center left",
-        bbox_to_anchor=(1.0, 0.5),
-        frameon=False,
-        fontsize=7 if len(cats) > 10 else 8,
-    )
+def _finish(fig_or_ax, name: str, show: bool | None, save, return_fig: bool):
+    """scanpy's ending of a plot: save, then return the figure, show it, or return the axes."""
+    fig = fig_or_ax if isinstance(fig_or_ax, Figure) else fig_or_ax.figure
+    if save:
+        path = Path(save) if not isinstance(save, bool) else None
+        if path is None:
+            path = Path(sc.settings.figdir) / f"{name}.{sc.settings.file_format_figs}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, bbox_inches="tight")
+    if return_fig:
+        return fig
+    if sc.settings.autoshow if show is None else show:
+        plt.show()
+        return None
+    if isinstance(fig_or_ax, Axes):
+        return fig_or_ax
+    return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+
+
+def _label_categories(adata: AnnData, key: str, labels: np.ndarray) -> list[str]:
+    """The label's categories in ``adata``'s order (when categorical), then any others."""
+    present = set(labels)
+    column = adata.obs[key]
+    order = [str(c) for c in column.cat.categories] if hasattr(column, "cat") else []
+    cats = [c for c in order if c in present]
+    return cats + [c for c in pd.unique(labels) if c not in cats]
+
+
+def _own_colors(adata: AnnData, key: str, categories: list[str]) -> list[str] | None:
+    """``adata``'s colours of the categories (``uns[f"{key}_colors"]``), if it has them all."""
+    colors = adata.uns.get(f"{key}_colors")
+    column = adata.obs[key]
+    if colors is None or not hasattr(column, "cat") or len(colors) != len(column.cat.categories):
+        return None
+    lookup = dict(zip((str(c) for c in column.cat.categories), colors, strict=True))
+    if not all(c in lookup for c in categories):
+        return None
+    return [lookup[c] for c in categories]
