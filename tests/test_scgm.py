@@ -594,9 +594,9 @@ def test_decode_latent(trained):
 def test_decode_latent_bad_input(trained):
     model, _ = trained
     z = np.zeros((3, TINY["n_latent"]), dtype=np.float32)
-    with pytest.raises(ValueError, match=r"Unknown cell types.*label_0"):
+    with pytest.raises(ValueError, match=r"Unknown cell_type values.*label_0"):
         model.decode_latent(z, cell_type=["label_0", "x", "label_1"])
-    with pytest.raises(ValueError, match=r"Unknown batches.*batch_0"):
+    with pytest.raises(ValueError, match=r"Unknown batch values.*batch_0"):
         model.decode_latent(z, batch="batch_7")
     with pytest.raises(ValueError, match="transform"):
         model.decode_latent(z, transform="log1p")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal
@@ -16,15 +15,25 @@ from anndata import AnnData
 from mudata import MuData
 from scvi import REGISTRY_KEYS
 
-from scgm_scvi._progress import ProgressBar
 from scgm_scvi.model._checks import check_counts, check_finite, check_sampling_args
+from scgm_scvi.model._conditions import (
+    BATCH_INDEX,
+    LOG_LIBRARY,
+    Conditions,
+    code_column,
+    continuous_column,
+    encode_names,
+)
 from scgm_scvi.model._mudata import as_registered_mudata, rna_anndata
 from scgm_scvi.samplers import (
-    EVALS_PER_STEP,
-    SAMPLERS,
+    ODE_SAMPLERS,
+    ChunkedRun,
+    Sampler,
     check_guidance_interval,
+    check_sampler,
     classifier_free_guidance,
     gene_guidance,
+    plan_reverse,
 )
 
 if TYPE_CHECKING:
@@ -35,10 +44,6 @@ logger = logging.getLogger(__name__)
 Method = Literal["sdedit", "ode", "latent_shift"]
 Init = Literal["source", "latent_shift"]
 GuidanceReference = Literal["null", "source"]
-Sampler = Literal["ode", "ode_euler", "euler_maruyama", "pc"]
-# steps of the sampler over the full time range [eps, T]; an edit from t0 uses the same density
-FULL_RANGE_STEPS = {"ode": 25, "ode_euler": 50, "euler_maruyama": 500, "pc": 250}
-ODE_SAMPLERS = ("ode", "ode_euler")
 EDITED_KEY = "X_scgm_edited"
 SOURCE_KEY = "X_scgm_source"
 UNS_KEY = "scgm_edit"
@@ -215,7 +220,7 @@ class SCGEditor:
         model, module = self.model, self.model.module
         check_sampling_args(n_steps, guidance_scale, seed, batch_size)
         check_finite(gene_guidance_scale, "gene_guidance_scale", minimum=0.0)
-        method, sampler, n_steps, t0 = self._check_options(method, sampler, n_steps, strength)
+        method, plan, t0 = self._check_options(method, sampler, n_steps, strength)
         if init not in ("source", "latent_shift"):
             raise ValueError(f"init must be 'source' or 'latent_shift', got {init!r}.")
         check_guidance_interval(guidance_interval)
@@ -278,9 +283,7 @@ class SCGEditor:
                     None if src["cont"] is None else src["cont"][rep_t],
                 ),
                 method=method,
-                sampler=sampler,
-                n_steps=n_steps,
-                t0=t0,
+                plan=plan,
                 guidance=(guidance_scale, guidance_interval, guidance_reference),
                 genes=(gene_idx, gene_target, gene_dir, gene_guidance_scale),
                 seed=seed,
@@ -300,8 +303,8 @@ class SCGEditor:
             "target": {model.conditions_["columns"][j]["key"]: v for j, v in self._names(target)},
             "strength": float(strength),
             "t0": float(t0),
-            "sampler": sampler or "none",
-            "n_steps": int(n_steps),
+            "sampler": "none" if plan is None else plan.sampler,
+            "n_steps": 0 if plan is None else plan.n_steps,
             "guidance_scale": float(guidance_scale),
             "guidance_interval": "none"
             if guidance_interval is None
@@ -334,25 +337,18 @@ class SCGEditor:
         sde = self.model.module.sde
         t0 = max(float(strength) * sde.T, sde.eps)  # below eps the reverse grid would increase
         if method == "latent_shift":
-            return method, None, 0, t0
+            return method, None, t0
         if sampler is None:
             sampler = "ode" if method == "ode" else "euler_maruyama"
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}.")
-        if method == "ode" and sampler not in ODE_SAMPLERS:
-            raise ValueError(
-                f"method='ode' inverts the probability-flow ODE and needs an ODE sampler "
-                f"{list(ODE_SAMPLERS)}, got {sampler!r}."
-            )
-        if n_steps is None:
-            n_steps = max(1, math.ceil(FULL_RANGE_STEPS[sampler] * t0 / sde.T))
-        if n_steps < 1:
-            raise ValueError(f"n_steps must be >= 1, got {n_steps}.")
-        return method, sampler, int(n_steps), t0
+        check_sampler(sampler)
+        if method == "ode":  # it inverts the probability-flow ODE
+            check_sampler(sampler, ODE_SAMPLERS, " (an ODE sampler: method='ode' inverts the ODE)")
+        return method, plan_reverse(sde, sampler, n_steps, t0, self.model.device), t0
 
     def _resolve_target(self, target) -> dict[int, int]:
         """``{column index of the score network: category code}`` for the target."""
-        columns = self.model.conditions_["columns"]
+        conditions = Conditions(self.model.conditions_)
+        columns = conditions.columns
         if isinstance(target, str):
             if not columns[0]["registered"]:
                 raise ValueError(
@@ -365,17 +361,11 @@ class SCGEditor:
                 f"target must be a non-empty dict {{obs key: value}} or a cell-type name, got "
                 f"{target!r}."
             )
-        valid = {c["key"]: j for j, c in enumerate(columns) if c.get("registered", True)}
+        valid = conditions.editable()
         out = {}
         for key, value in target.items():
-            if key not in valid:
-                raise ValueError(
-                    f"Unknown target key {key!r}. Covariates that can be edited: {list(valid)}."
-                )
-            cats = columns[valid[key]]["categories"]
-            if value not in cats:
-                raise ValueError(f"Unknown {key} value {value!r}. Valid values: {cats}.")
-            out[valid[key]] = cats.index(value)
+            j = conditions.column(key, valid, "target key")
+            out[j] = int(conditions.encode(j, [value])[0])
         return out
 
     def _names(self, target: dict[int, int]):
@@ -412,10 +402,7 @@ class SCGEditor:
         return idx, torch.tensor(target, device=device), torch.tensor(direction, device=device)
 
     def _batch_column(self) -> int | None:
-        for j, c in enumerate(self.model.conditions_["columns"]):
-            if c["name"] == "batch":
-                return j
-        return None
+        return Conditions(self.model.conditions_).batch_column
 
     # ------------------------------------------------------------------ data in
     def _aligned_copy(self, adata: AnnData | MuData, name: str) -> AnnData | MuData:
@@ -468,18 +455,14 @@ class SCGEditor:
                 f"`{name}`.obs lacks the registered columns {missing_cols}; every source cell "
                 "needs its cell type and covariates (the target only replaces some of them)."
             )
-        categories = {c["key"]: c["categories"] for c in model.conditions_["columns"]}
-        if setup.get("batch_key") is not None:
-            categories[setup["batch_key"]] = model.conditions_["batch_categories"]
+        conditions = Conditions(model.conditions_)
+        categories = {c["key"]: c["categories"] for c in conditions.columns}
+        if conditions.batch_key is not None:
+            categories[conditions.batch_key] = conditions.batch_categories
         for key, cats in categories.items():
-            if key not in keys:
-                continue
-            unknown = sorted({str(v) for v in pd.unique(adata.obs[key]) if v not in cats})
-            if unknown:
-                raise ValueError(
-                    f"`{name}`.obs[{key!r}] has values {unknown} the model was not trained on. "
-                    f"Valid values: {cats}."
-                )
+            if key in keys:
+                values, what = pd.unique(adata.obs[key]), f"`{name}`.obs[{key!r}]"
+                encode_names(values, cats, what, " (the model was not trained on them)")
         if layer is not None and layer not in adata.layers:
             raise ValueError(
                 f"`{name}` lacks the layer {layer!r} the model was trained on; it has "
@@ -602,9 +585,7 @@ class SCGEditor:
         changed,
         decoder,
         method,
-        sampler,
-        n_steps,
-        t0,
+        plan,
         guidance,
         genes,
         seed,
@@ -617,30 +598,24 @@ class SCGEditor:
         sde = module.sde
         device = x0.device
         guidance_scale, guidance_interval, guidance_reference = guidance
-        spacing = "karras" if sampler in ODE_SAMPLERS else "uniform"
-        ts = sde.time_grid(n_steps, t_start=t0, spacing=spacing, device=device)
-        sample_fn = SAMPLERS[sampler]
         gene_idx, gene_target, gene_dir, gene_scale = genes
         lib, batch_index, cat_cond, cont = decoder
-        cat_cols = [
-            j for j, c in enumerate(self.model.conditions_["columns"]) if c["name"] == "cat_cov"
-        ]
+        cat_cols = Conditions(self.model.conditions_).covariate_columns
         generator = None
         if seed is not None:
             generator = torch.Generator(device=device)
             generator.manual_seed(int(seed))
-        chunks = list(torch.split(torch.arange(len(x0), device=device), batch_size))
         passes = 2 if method == "ode" else 1
-        bar = ProgressBar(
-            passes * n_steps * len(chunks), f"Editing ({method}, {sampler})", progress_bar
+        run = ChunkedRun(
+            len(x0),
+            batch_size,
+            passes * plan.n_steps,
+            f"Editing ({method}, {plan.sampler})",
+            progress_bar,
+            device,
         )
-
-        def callback(i, t, x):
-            bar.update()
-            return None if step_callback is None else step_callback(i, t, x)
-
         out = []
-        for rows in chunks:
+        for rows in run:
             c_tgt = cond_tgt[rows]
             if guidance_reference == "source":
                 c_ref = cond_src[rows]
@@ -670,16 +645,14 @@ class SCGEditor:
             if method == "ode":
                 c_src = cond_src[rows]
                 eps_src = classifier_free_guidance(module.eps, c_src, c_src, 1.0)
-                x = sample_fn(eps_src, sde, x, ts.flip(0), callback=lambda *_: bar.update())
+                x = plan.invert(eps_src, sde, x, callback=run.callback())
             else:
                 noise = torch.randn(x.shape, device=device, dtype=x.dtype, generator=generator)
-                x = sde.perturb(x, ts[:1].expand(len(x)), noise)
-            x = sample_fn(eps_tgt, sde, x, ts, generator=generator, callback=callback)
+                x = sde.perturb(x, plan.ts[:1].expand(len(x)), noise)
+            callback = run.callback(step_callback)
+            x = plan.sample(eps_tgt, sde, x, generator=generator, callback=callback)
             out.append(x)
-        bar.close()
-        nfe = EVALS_PER_STEP[sampler] * n_steps * (1 if guidance_scale == 1.0 else 2)
-        if method == "ode":
-            nfe += EVALS_PER_STEP[sampler] * n_steps
+        nfe = plan.network_evaluations(guided=guidance_scale != 1.0, inverted=method == "ode")
         return torch.cat(out), nfe
 
     # ------------------------------------------------------------------ data out
@@ -687,13 +660,13 @@ class SCGEditor:
         """Decoder inputs in the layout of ``SCGM._decode``: target codes, source library."""
         model = self.model
         cond_np = cond.cpu().numpy()
-        table = pd.DataFrame({f"cond_{j}": cond_np[:, j] for j in range(cond_np.shape[1])})
-        table["log_library"] = log_library[:, 0].cpu().numpy()
-        table["batch_index"] = batch_index.cpu().numpy()
+        table = pd.DataFrame({code_column(j): cond_np[:, j] for j in range(cond_np.shape[1])})
+        table[LOG_LIBRARY] = log_library[:, 0].cpu().numpy()
+        table[BATCH_INDEX] = batch_index.cpu().numpy()
         if cont is not None:
             cont_np = cont.cpu().numpy()[rep]
             for k, key in enumerate(model.conditions_["cont_keys"]):
-                table[f"cont_{key}"] = cont_np[:, k]
+                table[continuous_column(key)] = cont_np[:, k]
         return table
 
     def _output(self, adata, X, rep, n_samples, target, table, z_src, z_edit) -> AnnData:
@@ -708,8 +681,9 @@ class SCGEditor:
         for j in target:
             key, cats = columns[j]["key"], columns[j]["categories"]
             obs[f"source_{key}"] = adata.obs[key].to_numpy()[rep]
-            obs[key] = pd.Categorical.from_codes(table[f"cond_{j}"].to_numpy(), categories=cats)
-        obs["library_size"] = np.exp(table["log_library"].to_numpy()).round()
+            codes = table[code_column(j)].to_numpy()
+            obs[key] = pd.Categorical.from_codes(codes, categories=cats)
+        obs["library_size"] = np.exp(table[LOG_LIBRARY].to_numpy()).round()
         # per-cell count summaries of the source describe the source's counts: recompute them
         totals, detected = np.asarray(X.sum(1)).ravel(), np.asarray((X > 0).sum(1)).ravel()
         for key, values in (("n_counts", totals), ("total_counts", totals)):

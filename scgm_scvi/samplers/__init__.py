@@ -1,5 +1,14 @@
 """Reverse-process samplers and guidance, shared by generation and editing."""
 
+from ._driver import (
+    DEFAULT_STEPS,
+    ODE_SAMPLERS,
+    ChunkedRun,
+    ReversePlan,
+    Sampler,
+    check_sampler,
+    plan_reverse,
+)
 from ._guidance import (
     check_guidance_interval,
     classifier_free_guidance,
@@ -15,7 +24,15 @@ from ._samplers import (
 )
 
 __all__ = [
+    "DEFAULT_STEPS",
     "EVALS_PER_STEP",
+    "ODE_SAMPLERS",
+    "SAMPLERS",
+    "ChunkedRun",
+    "ReversePlan",
+    "Sampler",
+    "check_sampler",
+    "plan_reverse",
     "SAMPLERS",
     "check_guidance_interval",
     "classifier_free_guidance",

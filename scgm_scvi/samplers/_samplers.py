@@ -48,14 +48,14 @@ def _reverse_sde_step(
     """
     _, sigma = sde.marginal(t)
     score = -eps_fn(x, t) / sigma
-    beta = sde.beta(t)
+    drift, g = sde.drift_diffusion(x, t)
     dt = t - t_next
-    # reverse drift: f(x, t) - g(t)^2 score, with f = -beta x / 2 and g^2 = beta
-    x_mean = x + (0.5 * beta * x + beta * score) * dt
+    # backwards in time along the reverse drift f(x, t) - g(t)^2 score
+    x_mean = x - (drift - g**2 * score) * dt
     if not add_noise:  # the last step returns the mean: noise at t = eps would only blur cells
         return x_mean
     noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-    return x_mean + torch.sqrt(beta * dt) * noise
+    return x_mean + g * torch.sqrt(dt) * noise
 
 
 def sample_euler_maruyama(

@@ -51,9 +51,14 @@ class VPSDE:
     def drift_diffusion(
         self, x: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward drift ``f(x, t)`` and diffusion coefficient ``g(t)``."""
+        """Forward drift ``f(x, t)`` and diffusion coefficient ``g(t)``.
+
+        ``t`` is one time for all cells (0-d, as the samplers pass it) or one per cell (then
+        ``g`` has one value per cell).
+        """
         beta = self.beta(t)
-        return -0.5 * beta[:, None] * x, torch.sqrt(beta)
+        rate = beta[:, None] if beta.ndim == 1 else beta
+        return -0.5 * rate * x, torch.sqrt(beta)
 
     def perturb(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Sample ``x_t`` given ``x_0`` and standard normal ``noise``."""

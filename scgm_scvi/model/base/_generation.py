@@ -16,10 +16,10 @@ from anndata import AnnData
 
 from scgm_scvi._progress import ProgressBar
 from scgm_scvi.samplers import (
-    EVALS_PER_STEP,
-    SAMPLERS,
+    ChunkedRun,
     check_guidance_interval,
     classifier_free_guidance,
+    plan_reverse,
 )
 
 from .._checks import (
@@ -30,8 +30,15 @@ from .._checks import (
     per_cell_values,
     resolve_group_sizes,
 )
+from .._conditions import (
+    BATCH_INDEX,
+    LOG_LIBRARY,
+    Conditions,
+    code_column,
+    continuous_column,
+    encode_names,
+)
 from .._constants import (
-    DEFAULT_STEPS,
     Precision,
     Sampler,
 )
@@ -57,8 +64,8 @@ class GenerationMixin:
         """
         if not self.diffusion_trained_:
             raise RuntimeError("The diffusion model is not trained: call model.train() first.")
-        columns = self.conditions_["columns"]
-        label_col = columns[0]
+        conditions = Conditions(self.conditions_)
+        columns, label_col = conditions.columns, conditions.labels
         if cell_type is not None and not label_col["registered"]:
             raise ValueError(
                 "cell_type was given but no labels_key was registered. Call "
@@ -66,7 +73,7 @@ class GenerationMixin:
             )
         table = self.condition_table_
         label_counts = (
-            table["cond_0"]
+            table[code_column(0)]
             .value_counts()
             .reindex(range(len(label_col["categories"])), fill_value=0)
         )
@@ -83,50 +90,45 @@ class GenerationMixin:
 
         covariates = dict(covariates or {})
         fixed: dict[int, np.ndarray] = {}
-        keys = {c["key"]: j for j, c in enumerate(columns)}
         for key, value in covariates.items():
-            if key in self.conditions_["cont_keys"]:
+            if key in conditions.cont_keys:
                 continue
-            if key not in keys or key == label_col["key"]:
-                valid = [c["key"] for c in columns[1:]] + self.conditions_["cont_keys"]
+            if key not in conditions.keys or key == label_col["key"]:
+                valid = conditions.keys[1:] + conditions.cont_keys
                 raise ValueError(
                     f"Unknown covariate {key!r}. Covariates registered with setup_anndata: "
                     f"{valid}; set the cell type with cell_type=."
                 )
-            j = keys[key]
+            j = conditions.column(key)
             values = per_cell_values(value, n_total, f"covariates[{key!r}]", dtype=object)
-            cats = columns[j]["categories"]
-            unknown = sorted({str(v) for v in values if v not in cats})
-            if unknown:
-                raise ValueError(f"Unknown {key} values {unknown}. Valid values: {cats}.")
-            fixed[j] = np.array([cats.index(v) for v in values])
+            fixed[j] = conditions.encode(j, values)
 
         # draw a training cell of the same type (matching fixed covariates where possible)
         drawn = np.empty(n_total, dtype=np.int64)
         groups = pd.DataFrame({"label": labels, **{f"f{j}": v for j, v in fixed.items()}})
         for key, idx in groups.groupby(list(groups.columns)).groups.items():
             key = key if isinstance(key, tuple) else (key,)
-            mask = table["cond_0"].to_numpy() == key[0]
+            mask = table[code_column(0)].to_numpy() == key[0]
             for (j, _), value in zip(fixed.items(), key[1:], strict=True):
-                mask_j = mask & (table[f"cond_{j}"].to_numpy() == value)
+                mask_j = mask & (table[code_column(j)].to_numpy() == value)
                 mask = mask_j if mask_j.any() else mask
             candidates = np.flatnonzero(mask)
             if len(candidates) == 0:  # a label without training cells: any cell's covariates
                 candidates = np.arange(len(table))
             drawn[np.asarray(idx)] = rng.choice(candidates, size=len(idx))
-        cond = table[[f"cond_{j}" for j in range(len(columns))]].to_numpy()[drawn]
+        cond = table[[code_column(j) for j in range(len(columns))]].to_numpy()[drawn]
         cond[:, 0] = labels
         for j, codes in fixed.items():
             cond[:, j] = codes
         decoder = table.iloc[drawn].reset_index(drop=True)
         if self.summary_stats.n_batch > 1:
-            decoder["batch_index"] = cond[:, 1]  # a fixed batch overrides the drawn cell's
-        for key in self.conditions_["cont_keys"]:
+            decoder[BATCH_INDEX] = cond[:, 1]  # a fixed batch overrides the drawn cell's
+        for key in conditions.cont_keys:
             if key in covariates:
                 values = per_cell_values(covariates[key], n_total, f"covariates[{key!r}]")
                 if not np.all(np.isfinite(values)):
                     raise ValueError(f"covariates[{key!r}] must be finite numbers.")
-                decoder[f"cont_{key}"] = values.astype(np.float32)
+                decoder[continuous_column(key)] = values.astype(np.float32)
         return decoder, cond
 
     @torch.inference_mode()
@@ -192,39 +194,36 @@ class GenerationMixin:
         check_sampling_args(n_steps, guidance_scale, seed, batch_size)
         if isinstance(cond, pd.DataFrame):
             cond = self._codes_from_names(cond)
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}.")
         _check_precision(precision)
         check_guidance_interval(guidance_interval)
-        n_steps = DEFAULT_STEPS[sampler] if n_steps is None else n_steps
         self.module.eval()
         device = self.device
         cond = torch.as_tensor(np.asarray(cond), dtype=torch.long, device=device)
         sde = self.module.sde
-        spacing = "karras" if sampler.startswith("ode") else "uniform"
-        ts = sde.time_grid(n_steps, spacing=spacing, device=device)
-        chunks = list(torch.split(torch.arange(len(cond), device=device), batch_size))
+        plan = plan_reverse(sde, sampler, n_steps, device=device)
         # generate() passes its own bar (one for all chunks): ``progress_bar`` is then that bar
-        own_bar = not isinstance(progress_bar, ProgressBar)
-        bar = (
-            ProgressBar(n_steps * len(chunks), f"Sampling ({sampler})", progress_bar)
-            if own_bar
-            else progress_bar
+        outer = progress_bar if isinstance(progress_bar, ProgressBar) else None
+        run = ChunkedRun(
+            len(cond),
+            batch_size,
+            plan.n_steps,
+            f"Sampling ({sampler})",
+            progress_bar,
+            device,
+            outer,
         )
         net = self.module.eps if precision == "32-true" else _bf16_autocast(self.module.eps)
         out = []
         with _seeded(seed, device):
-            for rows in chunks:
+            for rows in run:
                 c = cond[rows]
                 eps_fn = classifier_free_guidance(
                     net, c, self.module.null_condition(c, [0]), guidance_scale, guidance_interval
                 )
                 x = sde.prior_sample((len(rows), self.module.n_latent), device=device)
-                x = SAMPLERS[sampler](eps_fn, sde, x, ts, callback=lambda *_: bar.update())
+                x = plan.sample(eps_fn, sde, x, callback=run.callback())
                 out.append(self.module.unstandardize(x))
-        if own_bar:
-            bar.close()
-        nfe = EVALS_PER_STEP[sampler] * n_steps * (1 if guidance_scale == 1.0 else 2)
+        nfe = plan.network_evaluations(guided=guidance_scale != 1.0)
         return torch.cat(out), nfe
 
     @torch.inference_mode()
@@ -273,34 +272,25 @@ class GenerationMixin:
         return self._decode(z, table, transform, seed, batch_size)
 
     def _decoder_table(self, n, cell_type, library_size, batch) -> pd.DataFrame:
-        columns = self.conditions_["columns"]
+        conditions = Conditions(self.conditions_)
         table = pd.DataFrame(index=range(n))
-        cats = columns[0]["categories"]
-        labels = np.zeros(n, dtype=np.int64)
+        table[code_column(0)] = 0
         if cell_type is not None:
             cell_type = per_cell_values(cell_type, n, "cell_type", dtype=object)
-            unknown = sorted({str(c) for c in cell_type if c not in cats})
-            if unknown:
-                raise ValueError(f"Unknown cell types {unknown}. Valid values: {cats}.")
-            labels = np.array([cats.index(c) for c in cell_type])
-        table["cond_0"] = labels
+            table[code_column(0)] = conditions.encode(0, cell_type, "cell_type")
         lib = check_library_size(library_size, n)
         if lib is None:
-            lib = np.full(n, np.exp(np.median(self.condition_table_["log_library"])))
-        table["log_library"] = np.log(lib)
-        bcats = self.conditions_["batch_categories"]
-        table["batch_index"] = 0
+            lib = np.full(n, np.exp(np.median(self.condition_table_[LOG_LIBRARY])))
+        table[LOG_LIBRARY] = np.log(lib)
+        table[BATCH_INDEX] = 0
         if batch is not None:
-            batch = per_cell_values(batch, n, "batch", dtype=object)
-            unknown = sorted({str(b) for b in batch if b not in bcats})
-            if unknown:
-                raise ValueError(f"Unknown batches {unknown}. Valid values: {bcats}.")
-            table["batch_index"] = [bcats.index(b) for b in batch]
-        for j, col in enumerate(columns[1:], start=1):
-            if col["name"] == "cat_cov":
-                table[f"cond_{j}"] = 0
-        for key in self.conditions_["cont_keys"]:
-            table[f"cont_{key}"] = self.condition_table_[f"cont_{key}"].mean()
+            table[BATCH_INDEX] = conditions.encode_batch(
+                per_cell_values(batch, n, "batch", object)
+            )
+        for j in conditions.covariate_columns:
+            table[code_column(j)] = 0
+        for key in conditions.cont_keys:
+            table[continuous_column(key)] = self.condition_table_[continuous_column(key)].mean()
         return table
 
     def _decode(
@@ -315,15 +305,15 @@ class GenerationMixin:
             raise ValueError(f"transform must be 'counts' or 'normalized', got {transform!r}.")
         self.module.eval()
         device = self.device
-        columns = self.conditions_["columns"]
-        cat_cols = [f"cond_{j}" for j, c in enumerate(columns) if c["name"] == "cat_cov"]
-        cont_cols = [f"cont_{k}" for k in self.conditions_["cont_keys"]]
+        conditions = Conditions(self.conditions_)
+        cat_cols = [code_column(j) for j in conditions.covariate_columns]
+        cont_cols = [continuous_column(k) for k in conditions.cont_keys]
 
         def col(names, dtype):
             return torch.as_tensor(table[names].to_numpy(dtype=dtype), device=device)
 
-        labels, library = col(["cond_0"], np.int64), col(["log_library"], np.float32)
-        batch_index = col(["batch_index"], np.int64)
+        labels, library = col([code_column(0)], np.int64), col([LOG_LIBRARY], np.float32)
+        batch_index = col([BATCH_INDEX], np.int64)
         cat_covs = col(cat_cols, np.int64) if cat_cols else None
         cont_covs = col(cont_cols, np.float32) if cont_cols else None
         z = z.to(device)
@@ -433,22 +423,20 @@ class GenerationMixin:
         decoder, cond = self._resolve_conditions(n, cell_type, covariates, rng)
         lib = check_library_size(library_size, len(cond))
         if lib is not None:
-            decoder["log_library"] = np.log(lib)
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}.")
+            decoder[LOG_LIBRARY] = np.log(lib)
         _check_precision(precision)
         check_guidance_interval(guidance_interval)
-        steps = DEFAULT_STEPS[sampler] if n_steps is None else n_steps
+        plan = plan_reverse(self.module.sde, sampler, n_steps)  # checks the sampler
         noise = self._resolve_posterior_noise(posterior_noise)
         obs = self._obs_from_codes(cond)
-        obs["library_size"] = np.exp(decoder["log_library"].to_numpy()).round()
+        obs["library_size"] = np.exp(decoder[LOG_LIBRARY].to_numpy()).round()
         for key in self.conditions_["cont_keys"]:
-            obs[key] = decoder[f"cont_{key}"].to_numpy()
+            obs[key] = decoder[continuous_column(key)].to_numpy()
         var = pd.DataFrame(index=self.var_names_.copy())
         uns = {
             "scgm": {
                 "sampler": sampler,
-                "n_steps": steps,
+                "n_steps": plan.n_steps,
                 "guidance_scale": guidance_scale,
                 "guidance_interval": "none"
                 if guidance_interval is None
@@ -456,13 +444,11 @@ class GenerationMixin:
                 "precision": precision,
                 "posterior_noise": noise,
                 "seed": seed,
-                "network_evaluations_per_cell": EVALS_PER_STEP[sampler]
-                * steps
-                * (1 if guidance_scale == 1.0 else 2),
+                "network_evaluations_per_cell": plan.network_evaluations(guidance_scale != 1),
             }
         }
         chunks = self._generate_chunks(
-            cond, decoder, sampler, n_steps, guidance_scale, seed, batch_size, progress_bar,
+            cond, decoder, sampler, plan.n_steps, guidance_scale, seed, batch_size, progress_bar,
             precision, guidance_interval, noise,
         )  # fmt: skip
         if out is None:
@@ -520,12 +506,10 @@ class GenerationMixin:
     ):  # fmt: skip
         """Yield ``(counts CSR, latents)`` per chunk of ``batch_size`` cells, each chunk with
         its own seeds, so that the cells do not depend on how they are consumed."""
-        starts = range(0, len(cond), batch_size)
-        steps = DEFAULT_STEPS[sampler] if n_steps is None else n_steps
         # one bar over every sampler step of every chunk: long single chunks show progress too
-        bar = ProgressBar(steps * len(starts), f"Generating ({sampler})", progress_bar)
-        for i, start in enumerate(starts):
-            rows = slice(start, start + batch_size)
+        run = ChunkedRun(len(cond), batch_size, n_steps, f"Generating ({sampler})", progress_bar)
+        for i, chunk in enumerate(run):
+            rows = slice(int(chunk[0]), int(chunk[-1]) + 1)
             z, _ = self.sample_latent(
                 cond[rows],
                 sampler,
@@ -533,7 +517,7 @@ class GenerationMixin:
                 guidance_scale,
                 _chunk_seed(seed, i, 0),
                 batch_size,
-                progress_bar=bar,
+                progress_bar=run.bar,
                 precision=precision,
                 guidance_interval=guidance_interval,
             )
@@ -543,37 +527,27 @@ class GenerationMixin:
                     z = self.module.posterior_noise.sample(z, labels)
             X = self._decode(z, decoder.iloc[rows], "counts", _chunk_seed(seed, i, 1), batch_size)
             yield X, z.cpu().numpy()
-        bar.close()
 
     def _codes_from_names(self, frame: pd.DataFrame) -> np.ndarray:
         """Condition codes from category names; columns left out get the "unknown" code."""
-        columns = self.conditions_["columns"]
-        keys = [c["key"] for c in columns]
-        unknown = [k for k in frame.columns if k not in keys]
+        conditions = Conditions(self.conditions_)
+        unknown = [k for k in frame.columns if k not in conditions.keys]
         if unknown:
-            raise ValueError(f"Unknown condition columns {unknown}. Valid columns: {keys}.")
-        codes = np.empty((len(frame), len(columns)), dtype=np.int64)
-        for j, col in enumerate(columns):
+            raise ValueError(
+                f"Unknown condition columns {unknown}. Valid columns: {conditions.keys}."
+            )
+        codes = np.empty((len(frame), len(conditions.columns)), dtype=np.int64)
+        for j, key in enumerate(conditions.keys):
             codes[:, j] = self.module.condition_sizes[j]  # "unknown": unconditional
-            if col["key"] in frame.columns:
-                values = frame[col["key"]].astype(str)
-                bad = sorted(set(values) - set(col["categories"]))
-                if bad:
-                    raise ValueError(
-                        f"Unknown {col['key']} values {bad}. Valid values: {col['categories']}."
-                    )
-                lookup = {c: i for i, c in enumerate(col["categories"])}
-                codes[:, j] = values.map(lookup).to_numpy()
+            if key in frame.columns:
+                names = [str(c) for c in conditions.columns[j]["categories"]]
+                codes[:, j] = encode_names(frame[key].astype(str).tolist(), names, key)
         return codes
 
     def _obs_from_codes(self, cond: np.ndarray) -> pd.DataFrame:
         """Names of the condition codes; categories are those present (as after subsetting
         real cells), so that plots and ``rank_genes_groups`` see no empty groups."""
-        obs = {}
-        for j, col in enumerate(self.conditions_["columns"]):
-            codes = pd.Categorical.from_codes(cond[:, j], categories=col["categories"])
-            obs[col["key"]] = codes.remove_unused_categories()
-        return pd.DataFrame(obs)
+        return Conditions(self.conditions_).decode_obs(cond)
 
 
 def _chunk_seed(seed: int | None, chunk: int, stream: int) -> int | None:

@@ -24,6 +24,7 @@ from scgm_scvi.module import (
     Z_SCALE_KEY,
 )
 
+from .._conditions import BATCH_INDEX, LOG_LIBRARY, code_column, continuous_column
 from .._constants import (
     CONDITION_TABLE_MAX,
     DIFFUSION_STEPS,
@@ -457,11 +458,12 @@ class TrainingMixin:
                 rows.append(torch.cat([c.double() for c in cols], dim=1).cpu().numpy())
             start = stop
         tensors = {key: writer.finish() for key, writer in writers.items()}
-        columns = [f"cond_{j}" for j in range(n_cond)] + ["log_library"]
-        columns += [f"cont_{k}" for k in self.conditions_["cont_keys"]]
+        columns = [code_column(j) for j in range(n_cond)] + [LOG_LIBRARY]
+        columns += [continuous_column(k) for k in self.conditions_["cont_keys"]]
         table = pd.DataFrame(np.concatenate(rows), columns=columns)
         table[columns[:n_cond]] = table[columns[:n_cond]].astype(np.int64)
-        table["batch_index"] = table["cond_1"] if self.summary_stats.n_batch > 1 else 0
+        # the decoder's batch index: the batch column of the codes (column 1), if any
+        table[BATCH_INDEX] = table[code_column(1)] if self.summary_stats.n_batch > 1 else 0
         return tensors, table, {"n": n, **moments}
 
     def _condition_codes_from_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
