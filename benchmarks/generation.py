@@ -398,7 +398,9 @@ def main(argv=None):
         model = SCGM.load(str(model_dir / "scgm"), adata=train, allow_pickle=True)
         if not model.module.posterior_noise.fitted:  # cached before the posterior noise
             _, _, moments = model._latent_pass()
-            model._fit_posterior_noise(moments, "all")
+            count = moments["label_count"]
+            labels = torch.arange(len(count), device=count.device)
+            model.module.posterior_noise.fit(count, moments["label_scale_sq"], labels)
             notes.append("posterior variances fitted to the cached model's VAE")
     else:
         arch = vae_architecture(args.n_hidden, args.n_layers, args.norm)

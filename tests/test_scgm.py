@@ -762,3 +762,24 @@ def test_view_anndata_setup(trained, capsys):
     model, _ = trained
     model.view_anndata_setup()  # scvi-tools calls rich.pretty without importing it
     assert "setup_anndata" in capsys.readouterr().out
+
+
+def test_encode_real_cells(trained):
+    """``encode`` gives the posterior means and the codes generation and editing use, and
+    leaves the input (and scvi-tools' manager stores) as they were."""
+    model, adata = trained
+    cells = adata[:40].copy()
+    before = snapshot(cells)
+    store = type(model)._per_instance_manager_store[model.id]
+    n_managers = len(store)
+    out = model.encode(cells, batch_size=16)
+    assert_unchanged(before, cells)
+    assert len(store) == n_managers
+    z = model.get_latent_representation(adata[:40])
+    np.testing.assert_allclose(out["z"].cpu().numpy(), z, rtol=1e-4, atol=1e-5)
+    assert out["cond"].shape == (40, len(model.conditions_["columns"]))
+    labels = adata.obs["labels"].cat.codes.to_numpy()[:40]
+    np.testing.assert_array_equal(out["cond"][:, 0].cpu().numpy(), labels)
+    assert out["log_library"].shape == (40, 1) and out["cont"] is None
+    with pytest.raises(ValueError, match="lacks 100 of the model's 100 genes"):
+        model.encode(cells[:, :0].copy())

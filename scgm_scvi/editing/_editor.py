@@ -3,28 +3,24 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 from anndata import AnnData
 from mudata import MuData
-from scvi import REGISTRY_KEYS
 
-from scgm_scvi.model._checks import check_counts, check_finite, check_sampling_args
+from scgm_scvi.model._checks import check_finite, check_sampling_args
 from scgm_scvi.model._conditions import (
     BATCH_INDEX,
     LOG_LIBRARY,
     Conditions,
     code_column,
     continuous_column,
-    encode_names,
 )
-from scgm_scvi.model._mudata import as_registered_mudata, rna_anndata
+from scgm_scvi.model._mudata import rna_anndata
 from scgm_scvi.samplers import (
     ODE_SAMPLERS,
     ChunkedRun,
@@ -250,7 +246,7 @@ class SCGEditor:
         source = adata  # where store_latent writes
         if isinstance(adata, MuData):
             adata = rna_anndata(adata, model.registry_["setup_args"], "adata")
-        src = self._encode(self._aligned_copy(adata, "adata"), batch_size)
+        src = model.encode(adata, batch_size, name="adata")
         n = len(src["z"])
         changed = list(target)
         cond_tgt = src["cond"].clone()
@@ -405,118 +401,6 @@ class SCGEditor:
         return Conditions(self.model.conditions_).batch_column
 
     # ------------------------------------------------------------------ data in
-    def _aligned_copy(self, adata: AnnData | MuData, name: str) -> AnnData | MuData:
-        """A minimal private AnnData with the model's genes in order and the registered columns.
-
-        For a model set up with :meth:`~scgm_scvi.SCGM.setup_mudata` it is a MuData laid out as
-        the training data was.
-
-        scvi-tools' registration writes ``_scvi_*`` columns and ``uns`` keys into the AnnData it
-        is given, so it only ever sees this copy.
-        """
-        setup = self.model.registry_["setup_args"]
-        # a model set up with setup_mudata registered ``rna_layer``; a MuData becomes the AnnData
-        # of its RNA modality, with the registered layer's counts in X
-        layer = setup.get("layer", setup.get("rna_layer"))
-        if isinstance(adata, MuData):
-            adata, layer = rna_anndata(adata, setup, name), None
-        if not isinstance(adata, AnnData):
-            raise TypeError(
-                f"`{name}` must be an AnnData or MuData object, got {type(adata).__name__}."
-            )
-        if adata.n_obs == 0:
-            raise ValueError(f"`{name}` has no cells.")
-        model = self.model
-        genes = model.var_names_
-        present = genes.isin(adata.var_names)
-        if not present.all():
-            missing = list(genes[~present])
-            raise ValueError(
-                f"`{name}` lacks {len(missing)} of the model's {len(genes)} genes "
-                f"(e.g. {missing[:10]}). Editing needs every gene the model was trained on, "
-                "matched by name in var_names."
-            )
-        if not adata.var_names.is_unique:
-            raise ValueError(f"`{name}` has duplicated gene names; make var_names unique first.")
-        n_extra = adata.n_vars - len(genes)
-        if n_extra > 0:
-            warnings.warn(
-                f"`{name}` has {n_extra} genes the model was not trained on; they are dropped.",
-                UserWarning,
-                stacklevel=3,
-            )
-        keys = [setup.get("labels_key"), setup.get("batch_key")]
-        keys += list(setup.get("categorical_covariate_keys") or [])
-        keys += list(setup.get("continuous_covariate_keys") or [])
-        keys = [k for k in keys if k is not None]
-        missing_cols = [k for k in keys if k not in adata.obs]
-        if missing_cols:
-            raise ValueError(
-                f"`{name}`.obs lacks the registered columns {missing_cols}; every source cell "
-                "needs its cell type and covariates (the target only replaces some of them)."
-            )
-        conditions = Conditions(model.conditions_)
-        categories = {c["key"]: c["categories"] for c in conditions.columns}
-        if conditions.batch_key is not None:
-            categories[conditions.batch_key] = conditions.batch_categories
-        for key, cats in categories.items():
-            if key in keys:
-                values, what = pd.unique(adata.obs[key]), f"`{name}`.obs[{key!r}]"
-                encode_names(values, cats, what, " (the model was not trained on them)")
-        if layer is not None and layer not in adata.layers:
-            raise ValueError(
-                f"`{name}` lacks the layer {layer!r} the model was trained on; it has "
-                f"{list(adata.layers.keys())}."
-            )
-        data = adata.X if layer is None else adata.layers[layer]
-        data = data[:, adata.var_names.get_indexer(genes)]
-        data = data.copy() if sp.issparse(data) else np.array(data, copy=True)
-        check_counts(data, "X" if layer is None else f"layers[{layer!r}]", owner=name)
-        obs = pd.DataFrame({k: adata.obs[k].to_numpy() for k in keys}, index=adata.obs_names)
-        var = pd.DataFrame(index=genes.copy())
-        if model.registry_.get("setup_method_name") == "setup_mudata":
-            return as_registered_mudata(data, obs, var, setup)
-        if layer is None:
-            return AnnData(X=data, obs=obs, var=var)
-        return AnnData(
-            X=sp.csr_matrix(data.shape, dtype=np.float32), obs=obs, var=var, layers={layer: data}
-        )
-
-    def _encode(self, work: AnnData | MuData, batch_size: int) -> dict[str, torch.Tensor | None]:
-        """Posterior means, condition codes, log library, batch and continuous covariates."""
-        model, module = self.model, self.model.module
-        store = type(model)._per_instance_manager_store.get(model.id, {})
-        before = set(store)
-        # a model loaded without AnnData adopts the AnnData it validates: undo that afterwards
-        loaded_bare = model.adata is None
-        model._validate_anndata(work)
-        try:
-            loader = model._make_data_loader(adata=work, batch_size=batch_size, shuffle=False)
-            z, cond, lib, bidx, cont = [], [], [], [], []
-            for batch in loader:
-                inf = module.inference(**module._get_inference_input(batch))
-                z.append(inf["qz"].loc)
-                lib.append(inf["library"])
-                cond.append(model._condition_codes_from_batch(batch))
-                bidx.append(batch[REGISTRY_KEYS.BATCH_KEY].long())
-                if REGISTRY_KEYS.CONT_COVS_KEY in batch:
-                    cont.append(batch[REGISTRY_KEYS.CONT_COVS_KEY].float())
-        finally:
-            # forget the private copy so repeated edits do not keep it alive
-            store = type(model)._per_instance_manager_store.get(model.id, {})
-            for key in set(store) - before:
-                store.pop(key, None)
-            if loaded_bare:
-                model._adata, model._adata_manager = None, None
-        device = model.device
-        return {
-            "z": torch.cat(z).to(device),
-            "cond": torch.cat(cond).to(device),
-            "log_library": torch.cat(lib).to(device),
-            "batch_index": torch.cat(bidx).to(device),
-            "cont": torch.cat(cont).to(device) if cont else None,
-        }
-
     # ------------------------------------------------------------------ latent math
     def _latent_shift(
         self,
@@ -539,7 +423,7 @@ class SCGEditor:
             ref_z = tensors["z_loc"].clone().to(model.device)
             ref_cond = tensors["cond"].clone().to(model.device)
         else:
-            ref = self._encode(self._aligned_copy(reference, "reference"), batch_size)
+            ref = model.encode(reference, batch_size, name="reference")
             ref_z, ref_cond = ref["z"], ref["cond"]
         columns = model.conditions_["columns"]
         delta = torch.zeros(len(cond_src), ref_z.shape[1], device=model.device)

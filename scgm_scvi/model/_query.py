@@ -131,10 +131,7 @@ def grow_label_gaussians(
     Gaussian (the "unknown" label) moves to the new end, and new types start from it until
     :meth:`~scgm_scvi.SCGM.train_diffusion` fits them.
     """
-    buffers = [(f"posterior_noise.{k}", b) for k, b in module.posterior_noise.named_buffers()]
-    if module.gaussians is not None:
-        buffers += [(f"gaussians.{k}", b) for k, b in module.gaussians.named_buffers()]
-    for key, buf in buffers:
+    for key, buf in module.label_buffers():
         if key not in reference_state:  # a reference saved before the posterior noise
             continue
         old = reference_state[key].to(buf.device)

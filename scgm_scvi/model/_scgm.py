@@ -39,7 +39,7 @@ from ._checks import (
     check_cells_and_genes,
     check_counts,
 )
-from .base import GenerationMixin, QueryMixin, SaveLoadMixin, TrainingMixin
+from .base import EncodingMixin, GenerationMixin, QueryMixin, SaveLoadMixin, TrainingMixin
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 class SCGM(
     TrainingMixin,
     GenerationMixin,
+    EncodingMixin,
     SaveLoadMixin,
     QueryMixin,
     RNASeqMixin,

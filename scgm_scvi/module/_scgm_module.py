@@ -137,11 +137,9 @@ class SCGMModule(VAE):
             else None
         )
         self.posterior_noise = PosteriorNoise(n_latent, self.condition_sizes[0])
-        # stage-2 state, saved in the state dict: latent standardisation, library size per label
+        # stage-2 state, saved in the state dict: the latent standardisation
         self.register_buffer("latent_mean", torch.zeros(n_latent))
         self.register_buffer("latent_std", torch.ones(n_latent))
-        self.register_buffer("library_log_mean", torch.zeros(max(n_labels, 1)))
-        self.register_buffer("library_log_std", torch.ones(max(n_labels, 1)))
 
     # ------------------------------------------------------------------ stages
     def vae_parameters(self):
@@ -153,6 +151,8 @@ class SCGMModule(VAE):
         baseline existed (no ``gaussians.*`` entries) loads with ``score_baseline="none"``, the
         parametrisation it was trained with, and one saved before the posterior noise existed
         loads without it (generation then adds no noise, as when it was saved)."""
+        # per-label library statistics that 0.1 saved and never used
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("library_log_")}
         if "posterior_noise.var" not in state_dict:  # saved before it existed: no noise
             state_dict = {**state_dict, "posterior_noise.var": torch.zeros_like(
                 self.posterior_noise.var
@@ -186,6 +186,70 @@ class SCGMModule(VAE):
         if loss_kwargs.pop("stage", "vae") == "diffusion":
             return {}, {}, self.diffusion_loss(tensors)
         return super().forward(tensors, *args, loss_kwargs=loss_kwargs, **kwargs)
+
+    # ------------------------------------------------------------------ fitting stage-2 statistics
+    @property
+    def needs_label_moments(self) -> bool:
+        """Whether fitting needs per-label sums and outer products (the Gaussian baseline)."""
+        return self.gaussians is not None
+
+    @torch.no_grad()
+    def fit_standardization(self, moments: dict) -> None:
+        """Per-dimension mean and scale (per dimension or global, ``latent_scaling``) of the
+        training latents (of posterior samples, with ``diffusion_target="sample"``).
+
+        ``moments``: ``n`` cells, per-dimension ``sum`` and ``sumsq`` of the posterior means and
+        ``scale_sq``, the sum of posterior variances (float64).
+        """
+        n = moments["n"]
+        mean = moments["sum"] / n
+        var = (moments["sumsq"] - n * mean**2) / max(n - 1, 1)  # unbiased, as torch.var
+        if self.diffusion_target == "sample":
+            var = var + moments["scale_sq"] / n
+        self.latent_mean.copy_(mean.to(self.latent_mean))
+        var = var.clamp_min(0)
+        std = var.mean().sqrt().expand_as(var) if self.latent_scaling == "global" else var.sqrt()
+        # floor: dimensions the VAE ignores must not be blown up into pure noise
+        self.latent_std.copy_(std.clamp_min(1e-2).to(self.latent_std))
+
+    @torch.no_grad()
+    def fit_label_baselines(
+        self, moments: dict, labels: torch.Tensor, refit_all_cells: bool = True
+    ) -> None:
+        """Fit the cell-type Gaussians of the score baseline (if any) and the posterior noise
+        of ``labels`` from per-label moments of the VAE latents.
+
+        ``moments`` as in :meth:`fit_standardization`, plus per label ``label_count``,
+        ``label_scale_sq`` and, for the Gaussian baseline, ``label_sum`` and ``label_outer``
+        (raw latents; standardised here with the fitted :meth:`standardize`).
+        """
+        count = moments["label_count"]
+        self.posterior_noise.fit(
+            count, moments["label_scale_sq"], labels, refit_all_cells=refit_all_cells
+        )
+        if self.gaussians is None:
+            return
+        m, s = self.latent_mean.double(), self.latent_std.double()
+        total, outer = moments["label_sum"], moments["label_outer"]
+        # moments of the standardised latents (z - m) / s
+        outer = (
+            outer
+            - total[:, :, None] * m[None, None, :]
+            - m[None, :, None] * total[:, None, :]
+            + count[:, None, None] * (m[:, None] * m[None, :])
+        ) / (s[:, None] * s[None, :])
+        total = (total - count[:, None] * m) / s
+        extra = None
+        if self.diffusion_target == "sample":
+            extra = moments["scale_sq"] / moments["n"] / s**2
+        self.gaussians.fit(count, total, outer, labels, extra, refit_all_cells=refit_all_cells)
+
+    def label_buffers(self) -> list[tuple[str, torch.Tensor]]:
+        """State with one slot per cell type (label axis last), for query surgery."""
+        buffers = [(f"posterior_noise.{k}", b) for k, b in self.posterior_noise.named_buffers()]
+        if self.gaussians is not None:
+            buffers += [(f"gaussians.{k}", b) for k, b in self.gaussians.named_buffers()]
+        return buffers
 
     # ------------------------------------------------------------------ latent space
     def standardize(self, z: torch.Tensor) -> torch.Tensor:

@@ -310,7 +310,7 @@ class TrainingMixin:
         tmp = latent_directory(latent_storage, self.adata)
         tensors, table, moments = self._latent_pass(indices, tmp and tmp.name)
         if self.query_ is None:
-            self._fit_latent_statistics(moments)
+            self.module.fit_standardization(moments)
         elif self.query_.get("reference_table") is not None:
             # the reference's cells stay available to draw covariates and library sizes from
             ref_table = self.query_["reference_table"]
@@ -322,8 +322,7 @@ class TrainingMixin:
                 table = table.sample(CONDITION_TABLE_MAX - n_ref, random_state=0)
             table = pd.concat([ref_table, table], ignore_index=True)
         self.condition_table_ = table
-        self._fit_label_gaussians(moments, finetune)
-        self._fit_posterior_noise(moments, finetune)
+        self.module.fit_label_baselines(moments, *self._labels_to_fit(moments, finetune))
         if finished:
             logger.info("Stage 2 already completed in %s: weights loaded.", stage_dir)
             if tmp is not None:
@@ -426,7 +425,7 @@ class TrainingMixin:
         moments["label_scale_sq"] = torch.zeros(
             n_lab, n_latent, dtype=torch.float64, device=self.device
         )
-        if self.module.gaussians is not None:  # per-label moments for the Gaussian baseline
+        if self.module.needs_label_moments:  # for the Gaussian baseline
             moments["label_sum"] = torch.zeros(
                 n_lab, n_latent, dtype=torch.float64, device=self.device
             )
@@ -474,73 +473,19 @@ class TrainingMixin:
             cols.append(batch[REGISTRY_KEYS.CAT_COVS_KEY])
         return torch.cat(cols, dim=1).long()
 
-    def _fit_latent_statistics(self, moments: dict) -> None:
-        """Per-dimension mean and the scale (per dimension or global, see ``latent_scaling``) of
-        the training latents (of samples, if trained on them).
-
-        ``moments`` are the sums over cells accumulated by :meth:`_latent_pass`.
-        """
-        n = moments["n"]
-        mean = moments["sum"] / n
-        var = (moments["sumsq"] - n * mean**2) / max(n - 1, 1)  # unbiased, as torch.var
-        if self.module.diffusion_target == "sample":
-            var = var + moments["scale_sq"] / n
-        device = self.module.latent_mean.device
-        self.module.latent_mean.copy_(mean.float().to(device))
-        var = var.clamp_min(0)
-        std = (
-            var.mean().sqrt().expand_as(var)
-            if self.module.latent_scaling == "global"
-            else var.sqrt()
-        )
-        # floor: dimensions the VAE ignores must not be blown up into pure noise
-        self.module.latent_std.copy_(std.clamp_min(1e-2).float().to(device))
-
-    def _fit_label_gaussians(self, moments: dict, finetune: str) -> None:
-        """Fit the score network's Gaussian baseline from the moments of :meth:`_latent_pass`.
-
-        A reference fits every cell type (types without cells get the all-cells Gaussian). A
-        query fits the types it has cells of (``finetune="all"``), or only its new types
-        (``"new_conditions"``, which leaves generation of the reference's types unchanged).
-        """
-        gaussians = self.module.gaussians
-        if gaussians is None:
-            return
-        m, s = self.module.latent_mean.double(), self.module.latent_std.double()
-        count, total, outer = (moments[k] for k in ("label_count", "label_sum", "label_outer"))
-        # moments of the standardised latents (z - m) / s
-        outer = (
-            outer
-            - total[:, :, None] * m[None, None, :]
-            - m[None, :, None] * total[:, None, :]
-            + count[:, None, None] * (m[:, None] * m[None, :])
-        ) / (s[:, None] * s[None, :])
-        total = (total - count[:, None] * m) / s
-        extra = None
-        if self.module.diffusion_target == "sample":
-            extra = moments["scale_sq"] / moments["n"] / s**2
+    def _labels_to_fit(self, moments: dict, finetune: str) -> tuple[torch.Tensor, bool]:
+        """Which cell types stage 2 fits its per-type statistics for, and whether the
+        all-cells ones too: a reference fits every type (types without cells get the all-cells
+        statistics); a query the types it has cells of (``finetune="all"``), or only its new
+        types (``"new_conditions"``, which leaves the reference's types as they were)."""
+        count = moments["label_count"]
         codes = torch.arange(len(count), device=count.device)
         if self.query_ is None:
-            gaussians.fit(count, total, outer, codes, extra)
-        elif finetune == "all":
-            gaussians.fit(count, total, outer, codes[count > 0], extra)
-        else:
-            new = (codes >= self.query_["condition_sizes"][0]) & (count > 0)
-            gaussians.fit(count, total, outer, codes[new], extra, refit_all_cells=False)
-
-    def _fit_posterior_noise(self, moments: dict, finetune: str) -> None:
-        """Fit each cell type's mean posterior variance (see
-        :class:`~scgm_scvi.module.PosteriorNoise`); for a query, the types as in
-        :meth:`_fit_label_gaussians`."""
-        count, scale_sq = moments["label_count"], moments["label_scale_sq"]
-        codes = torch.arange(len(count), device=count.device)
-        refit_all = True
-        if self.query_ is not None:
-            codes = codes[count > 0]
-            if finetune == "new_conditions":
-                codes = codes[codes >= self.query_["condition_sizes"][0]]
-                refit_all = False
-        self.module.posterior_noise.fit(count, scale_sq, codes, refit_all_cells=refit_all)
+            return codes, True
+        codes = codes[count > 0]
+        if finetune == "new_conditions":
+            return codes[codes >= self.query_["condition_sizes"][0]], False
+        return codes, True
 
 
 def _add_label_moments(
