@@ -1,4 +1,4 @@
-"""Cell-type-conditional generation benchmark (protocols G1, G2, FReD, novelty; evaluation.md).
+"""Cell-type-conditional generation benchmark (G1, G2, FReD, novelty; docs/evaluation.md).
 
 Split: stratified by cell type, 80 % train / 20 % test (seed 0). SCGM and the baselines see only
 the train cells. For every cell type, as many cells are generated as the test split holds.
@@ -46,12 +46,12 @@ import pandas as pd
 import scipy.sparse as sp
 import scvi
 import torch
-from sklearn.model_selection import train_test_split
 
 import scgm_scvi
 from scgm_scvi import SCGM
-from scgm_scvi.cli._train import NORM_KWARGS
+from scgm_scvi.data import stratified_split
 from scgm_scvi.metrics import evaluate, label_agreement, summarize_runs
+from scgm_scvi.model._constants import NORM_KWARGS
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_DIFFUSION_BATCH = inspect.signature(SCGM.train_diffusion).parameters["batch_size"].default
@@ -79,11 +79,10 @@ def load(name: str) -> tuple[ad.AnnData, str | None]:
 
 
 def split(adata: ad.AnnData, seed: int = 0) -> tuple[ad.AnnData, ad.AnnData]:
-    idx = np.arange(adata.n_obs)
-    tr, te = train_test_split(
-        idx, test_size=0.2, stratify=adata.obs["cell_type"], random_state=seed
-    )
-    return adata[np.sort(tr)].copy(), adata[np.sort(te)].copy()
+    """80 % / 20 % of every cell type (the package's split; reports made before it used
+    scikit-learn's ``train_test_split(stratify=...)``)."""
+    tr, te = stratified_split(adata.obs["cell_type"], 0.2, seed)
+    return adata[tr].copy(), adata[te].copy()
 
 
 def counts_adata(X, cell_types, var_names) -> ad.AnnData:

@@ -1,7 +1,7 @@
 """Kang 2018 IFN-beta editing benchmark: leave one cell type's stimulated cells out.
 
-Protocol (``evaluation.md``, "Editing"): for every cell type ``c``, remove the stimulated cells of
-``c`` from training, train SCGM with ``labels_key="cell_type"`` and
+Protocol (``docs/evaluation.md``, "Editing"): for every cell type ``c``, remove the stimulated
+cells of ``c`` from training, train SCGM with ``labels_key="cell_type"`` and
 ``categorical_covariate_keys=["condition"]``, edit the control cells of ``c`` to
 ``condition="stim"`` and compare with the real stimulated cells of ``c``: R2 of means (all genes,
 top-100 DEGs), Pearson delta (top-100 DEGs) and E-distance (top-100 DEGs).
@@ -47,10 +47,10 @@ import scipy.sparse as sp
 import scvi
 import torch
 
-from scgm_scvi.cli._train import NORM_KWARGS
 from scgm_scvi.editing import SCGEditor
 from scgm_scvi.metrics import evaluate_edit, top_degs
 from scgm_scvi.model import SCGM
+from scgm_scvi.model._constants import NORM_KWARGS
 
 #: bundled with the tutorials (tutorials/data/README.md: source and licence)
 DATA = Path(__file__).resolve().parents[1] / "tutorials" / "data" / "kang2018_ifnb_muscat1.5k.h5ad"
@@ -368,7 +368,7 @@ def main() -> None:
     report = [
         "# Kang 2018 IFN-beta editing (leave-one-cell-type-out)",
         "",
-        f'Protocol "Editing" of `evaluation.md`. Data: `{args.data.name}`; '
+        f'Protocol "Editing" of `docs/evaluation.md`. Data: `{args.data.name}`; '
         f"{len(cell_types)} held-out cell types; VAE {args.epochs} epochs (KL warm-up "
         f"{args.kl_warmup or 400} epochs), diffusion "
         f"{args.diffusion_epochs} epochs (batch {args.diffusion_batch_size}); model: "

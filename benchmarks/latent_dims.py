@@ -51,7 +51,7 @@ import pandas as pd
 import scvi
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# run as a script, sys.path[0] is benchmarks/: generation.py's helpers import as a sibling
 from generation import counts_adata, load, split, vae_architecture, vae_norm  # noqa: E402
 
 from scgm_scvi import SCGM  # noqa: E402

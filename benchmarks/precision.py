@@ -28,13 +28,12 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# run as a script, sys.path[0] is benchmarks/: generation.py's helpers import as a sibling
+import generation  # noqa: E402  (the same data, split and metrics)
 import numpy as np
 import pandas as pd
 import scvi
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import generation  # noqa: E402  (the same data, split and metrics)
 
 from scgm_scvi import SCGM  # noqa: E402
 from scgm_scvi.metrics import evaluate  # noqa: E402

@@ -1,4 +1,4 @@
-"""Speed and memory benchmark of SCGM (protocol "Speed" of evaluation.md), CPU by default.
+"""Speed and memory benchmark of SCGM (protocol "Speed" of docs/evaluation.md), CPU by default.
 
 Measured in one run, on this machine, with ``--threads`` torch threads:
 
@@ -387,7 +387,7 @@ def main(argv=None):
     cmd = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]])
     fmt = {"floatfmt": ".4g", "index": False}
     lines = [
-        '# Speed and memory benchmark (protocol "Speed", evaluation.md)',
+        '# Speed and memory benchmark (protocol "Speed", docs/evaluation.md)',
         "",
         f"Command: `{cmd}`" + (" (quick settings)" if args.quick else ""),
         "",

@@ -42,13 +42,16 @@ def test_edit_warns_on_log_normalised_cells(trained):
 
 
 def test_count_check_reads_every_row(monkeypatch):
-    monkeypatch.setattr("scgm_scvi.model._checks._CHECK_ROWS", 50)
+    monkeypatch.setattr("scgm_scvi._counts.BLOCK_ROWS", 50)
     adata = make_adata()
     X = (adata.X.toarray() if sp.issparse(adata.X) else adata.X).astype(np.float32)
     X[180, 3] = -2  # in the fourth block
     adata.X = sp.csr_matrix(X)
     with pytest.raises(ValueError, match=r"negative values \(rows 150-199\)"):
         SCGM.setup_anndata(adata, labels_key="labels")
+    # the metrics and the command line read the same scan
+    with pytest.raises(ValueError, match="negative values"):
+        metrics.evaluate(adata, adata, metrics=["g1"])
 
 
 # ------------------------------------------------------------------------------ arguments

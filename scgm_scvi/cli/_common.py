@@ -13,8 +13,6 @@ from pathlib import Path
 import numpy as np
 
 PROG = "scgm-scvi"
-#: rows read to check that a matrix holds counts (as ``SCGM.setup_anndata`` does)
-CHECK_ROWS = 20_000
 
 
 class CLIError(Exception):
@@ -296,7 +294,7 @@ def check_keys(adata, keys: Sequence[str | None], option_of: dict[str, str], whe
 
 def check_counts(adata, layer: str | None, where: str) -> None:
     """Raw counts only: refuse negative, non-finite and non-integer values with one line."""
-    import scipy.sparse as sp
+    from scgm_scvi._counts import scan_counts
 
     if layer is not None and layer not in adata.layers:
         layers = ", ".join(adata.layers.keys()) or "none"
@@ -304,14 +302,11 @@ def check_counts(adata, layer: str | None, where: str) -> None:
     X = adata.X if layer is None else adata.layers[layer]
     if X is None:
         raise CLIError(f"{where} has no count matrix in X; pass --layer")
-    block = X[: min(X.shape[0], CHECK_ROWS)]
-    values = np.asarray(block.data if sp.issparse(block) else block)
-    if values.size == 0:
-        return
+    scan = scan_counts(X)
     name = "X" if layer is None else f"layer {layer!r}"
-    if not np.all(np.isfinite(values)):
+    if scan.non_finite:
         raise CLIError(f"{where} {name} contains NaN or infinite values: SCGM needs raw counts")
-    if values.min() < 0 or not np.allclose(values, np.round(values)):
+    if scan.negative or scan.non_integer:
         raise CLIError(
             f"{where} {name} is not raw counts (negative or non-integer values: normalised or "
             "log-transformed?); pass the raw counts, e.g. --layer counts"

@@ -85,34 +85,11 @@ def add_parser(sub) -> None:
 def stratified_split(
     labels: Sequence, test_fraction: float = TEST_FRACTION, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded train/test row indices with ``test_fraction`` of every label in the test set.
+    """:func:`scgm_scvi.data.stratified_split` (here since 0.1; imported when called, so that
+    ``--help`` does not load torch)."""
+    from scgm_scvi.data import stratified_split as split
 
-    Labels with at least two cells put at least one cell on each side.
-
-    Parameters
-    ----------
-    labels
-        One label per cell.
-    test_fraction
-        Share of each label's cells in the test set.
-    seed
-        Seed of the permutation.
-
-    Returns
-    -------
-    Sorted train and test indices.
-    """
-    labels = pd.Series(np.asarray(labels))
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for _, idx in labels.groupby(labels, sort=True).indices.items():
-        idx = rng.permutation(idx)
-        n_test = int(round(test_fraction * len(idx)))
-        if len(idx) >= 2:
-            n_test = min(max(n_test, 1), len(idx) - 1)
-        test.append(idx[:n_test])
-        train.append(idx[n_test:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+    return split(labels, test_fraction, seed)
 
 
 def split_counts(proportions: pd.Series, total: int) -> dict[str, int]:

@@ -36,11 +36,7 @@ SUMMARY_FILE = "scgm_train.json"
 LATENT_SCALINGS = ("per_dim", "global")
 SCORE_BASELINES = ("gaussian", "none")
 #: ``--norm``: the VAE's normalisation layers
-NORM_KWARGS = {
-    "batch": {"use_batch_norm": "both", "use_layer_norm": "none"},
-    "layer": {"use_batch_norm": "none", "use_layer_norm": "both"},
-}
-NORMS = tuple(NORM_KWARGS)
+NORMS = ("batch", "layer")
 
 
 def add_parser(sub) -> None:
@@ -209,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
 
     setup_runtime(args)
     import scgm_scvi
+    from scgm_scvi.model._constants import NORM_KWARGS
 
     setup = {
         "labels_key": args.labels_key,

@@ -17,6 +17,8 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
+from scgm_scvi._counts import scan_counts
+
 #: Target library size of the CP10k normalisation used by every protocol.
 TARGET_SUM = 1e4
 
@@ -106,15 +108,15 @@ def get_matrix(
 
 def check_counts(X: Matrix, name: str) -> None:
     """Raise on NaN/negative values, warn on non-integers: the metrics expect raw counts."""
-    vals = X.data if sp.issparse(X) else np.asarray(X).ravel()
-    if not np.isfinite(vals).all():
+    scan = scan_counts(X)
+    if scan.non_finite:
         raise ValueError(f"`{name}` contains NaN or infinite values; pass raw counts.")
-    if (vals < 0).any():
+    if scan.negative:
         raise ValueError(
             f"`{name}` has negative values, so it looks log-normalised or scaled rather than raw "
             "counts. Pass raw counts (e.g. `layer='counts'`)."
         )
-    if not np.array_equal(vals, np.round(vals)):
+    if scan.non_integer:
         warnings.warn(
             f"`{name}` has non-integer values, but raw counts are expected. If these are "
             "normalised values, pass the raw counts instead (e.g. `layer='counts'`).",

@@ -9,10 +9,8 @@ from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
-# rows read at a time: a backed matrix is checked without loading it whole
-_CHECK_ROWS = 20_000
+from scgm_scvi._counts import scan_counts
 
 
 def check_counts(X, where: str = "X", owner: str = "adata") -> None:
@@ -21,26 +19,19 @@ def check_counts(X, where: str = "X", owner: str = "adata") -> None:
     Every stored value is checked, a block of rows at a time, so a backed matrix is never
     loaded whole (one pass over the stored values: cheap next to one training epoch).
     """
-    non_integer = False
-    for start in range(0, X.shape[0], _CHECK_ROWS):
-        block = X[start : start + _CHECK_ROWS]
-        values = np.asarray(block.data if sp.issparse(block) else block)
-        if values.size == 0:
-            continue
-        rows = f"rows {start}-{start + block.shape[0] - 1}"
-        if not np.all(np.isfinite(values)):
-            raise ValueError(
-                f"{owner}.{where} contains NaN or infinite values ({rows}). SCGM needs raw "
-                "counts: remove or fix these cells (e.g. adata = "
-                "adata[np.isfinite(adata.X.sum(1)).A1])."
-            )
-        if values.min() < 0:
-            raise ValueError(
-                f"{owner}.{where} contains negative values ({rows}), so it is not raw counts "
-                "(scaled or centred data?). Register the raw counts, e.g. layer='counts'."
-            )
-        non_integer = non_integer or not np.array_equal(values, np.round(values))
-    if non_integer:
+    scan = scan_counts(X)
+    if scan.non_finite:
+        raise ValueError(
+            f"{owner}.{where} contains NaN or infinite values ({scan.non_finite}). SCGM needs raw "
+            "counts: remove or fix these cells (e.g. adata = "
+            "adata[np.isfinite(adata.X.sum(1)).A1])."
+        )
+    if scan.negative:
+        raise ValueError(
+            f"{owner}.{where} contains negative values ({scan.negative}), so it is not raw counts "
+            "(scaled or centred data?). Register the raw counts, e.g. layer='counts'."
+        )
+    if scan.non_integer:
         warnings.warn(
             f"{owner}.{where} contains non-integer values; SCGM models counts with a negative "
             "binomial. If these are normalised or log1p values, register the raw counts "

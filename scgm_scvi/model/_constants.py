@@ -13,3 +13,8 @@ MIN_TRAIN_CELLS = 3
 DIFFUSION_STEPS = 20_000
 # at most this many training cells are kept to draw covariates and library sizes from
 CONDITION_TABLE_MAX = 50_000
+#: the VAE's normalisation by name (``scgm-scvi train --norm``): scVI's batch norm or layer norm
+NORM_KWARGS = {
+    "batch": {"use_batch_norm": "both", "use_layer_norm": "none"},
+    "layer": {"use_batch_norm": "none", "use_layer_norm": "both"},
+}
