@@ -277,6 +277,52 @@ class TrainingMixin:
             Passed to :class:`~scvi.train.Trainer` (e.g. ``strategy``).
         """
         self._require_data()
+        finetune = self._resolve_finetune(finetune)
+        if latent_storage not in ("auto", "memory", "disk"):
+            raise ValueError(
+                f"latent_storage must be 'auto', 'memory' or 'disk', got {latent_storage!r}."
+            )
+        stage_dir, finished = stage_checkpoint(
+            checkpoint_dir, "diffusion", resume, checkpoint_every_n_epochs, trainer_kwargs
+        )
+        resume_from = trainer_kwargs.get("ckpt_path") or (
+            os.path.join(stage_dir, LAST_CKPT) if finished else None
+        )
+        if resume_from is not None:  # the VAE of the interrupted run, hence the same latents
+            checkpoint_state(self.module, resume_from)
+            load_checkpoint_weights(self.module, resume_from)
+            self.vae_trained_ = True
+        if not self.vae_trained_:
+            raise RuntimeError("Train the VAE first: call model.train_vae() or model.train().")
+        # a temporary directory for latents on disk (None: in memory), removed after training
+        tmp = latent_directory(latent_storage, self.adata)
+        try:
+            tensors, table, moments = self._latent_pass(indices, tmp and tmp.name)
+            if self.query_ is None:
+                self.module.fit_standardization(moments)
+            self.condition_table_ = self._with_reference_table(table)
+            self.module.fit_label_baselines(moments, *self._labels_to_fit(moments, finetune))
+            if finished:
+                logger.info("Stage 2 already completed in %s: weights loaded.", stage_dir)
+            else:
+                dm = LatentDataModule(
+                    tensors, train_size=train_size, batch_size=batch_size, seed=settings.seed or 0
+                )
+                self._fit_score_network(
+                    dm, finetune, max_epochs, plan_kwargs, accelerator, devices,
+                    early_stopping, early_stopping_patience, trainer_kwargs,
+                )  # fmt: skip
+                mark_stage_done(self.trainer, stage_dir)
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+        self.module.requires_grad_(True)  # as after load(); each stage re-applies its freezing
+        self.module.eval()
+        self.diffusion_trained_ = True
+
+    def _resolve_finetune(self, finetune: str | None) -> str:
+        """What stage 2 trains: ``"all"`` after an unfrozen VAE (the latent space moved),
+        else (a query with a frozen VAE) only the new categories' embeddings."""
         if finetune not in (None, "new_conditions", "all"):
             raise ValueError(
                 f"finetune must be None, 'new_conditions' or 'all', got {finetune!r}."
@@ -289,53 +335,30 @@ class TrainingMixin:
                 "The VAE was fine-tuned unfrozen, so the latent space moved and the whole score "
                 "network must be fine-tuned: pass finetune='all' (the default here)."
             )
-        if latent_storage not in ("auto", "memory", "disk"):
-            raise ValueError(
-                f"latent_storage must be 'auto', 'memory' or 'disk', got {latent_storage!r}."
-            )
-        stage_dir, finished = stage_checkpoint(
-            checkpoint_dir, "diffusion", resume, checkpoint_every_n_epochs, trainer_kwargs
-        )
-        resume_from = trainer_kwargs.get("ckpt_path") or (
-            os.path.join(stage_dir, LAST_CKPT) if finished else None
-        )
-        if resume_from is not None:
-            checkpoint_state(self.module, resume_from)
-        if resume_from is not None:  # the VAE of the interrupted run, hence the same latents
-            load_checkpoint_weights(self.module, resume_from)
-            self.vae_trained_ = True
-        if not self.vae_trained_:
-            raise RuntimeError("Train the VAE first: call model.train_vae() or model.train().")
-        # a temporary directory for latents on disk (None: in memory), removed after training
-        tmp = latent_directory(latent_storage, self.adata)
-        tensors, table, moments = self._latent_pass(indices, tmp and tmp.name)
-        if self.query_ is None:
-            self.module.fit_standardization(moments)
-        elif self.query_.get("reference_table") is not None:
-            # the reference's cells stay available to draw covariates and library sizes from
-            ref_table = self.query_["reference_table"]
-            n_query = min(len(table), CONDITION_TABLE_MAX // 2)  # keep room for both
-            n_ref = min(len(ref_table), CONDITION_TABLE_MAX - n_query)
-            if n_ref < len(ref_table):  # subsample only when needed: keep the row order
-                ref_table = ref_table.sample(n_ref, random_state=0)
-            if len(table) + n_ref > CONDITION_TABLE_MAX:
-                table = table.sample(CONDITION_TABLE_MAX - n_ref, random_state=0)
-            table = pd.concat([ref_table, table], ignore_index=True)
-        self.condition_table_ = table
-        self.module.fit_label_baselines(moments, *self._labels_to_fit(moments, finetune))
-        if finished:
-            logger.info("Stage 2 already completed in %s: weights loaded.", stage_dir)
-            if tmp is not None:
-                tmp.cleanup()
-            self.module.requires_grad_(True)
-            self.module.eval()
-            self.diffusion_trained_ = True
-            return
-        dm = LatentDataModule(
-            tensors, train_size=train_size, batch_size=batch_size, seed=settings.seed or 0
-        )
-        if max_epochs is None:
-            steps_per_epoch = math.ceil(dm.n_train / batch_size)
+        return finetune
+
+    def _with_reference_table(self, table: pd.DataFrame) -> pd.DataFrame:
+        """A query's table of training cells with the reference's rows in front: the
+        reference's cells stay available to draw covariates and library sizes from."""
+        ref_table = None if self.query_ is None else self.query_.get("reference_table")
+        if ref_table is None:
+            return table
+        n_query = min(len(table), CONDITION_TABLE_MAX // 2)  # keep room for both
+        n_ref = min(len(ref_table), CONDITION_TABLE_MAX - n_query)
+        if n_ref < len(ref_table):  # subsample only when needed: keep the row order
+            ref_table = ref_table.sample(n_ref, random_state=0)
+        if len(table) + n_ref > CONDITION_TABLE_MAX:
+            table = table.sample(CONDITION_TABLE_MAX - n_ref, random_state=0)
+        return pd.concat([ref_table, table], ignore_index=True)
+
+    def _fit_score_network(
+        self, dm, finetune, max_epochs, plan_kwargs, accelerator, devices, early_stopping,
+        early_stopping_patience, trainer_kwargs,
+    ) -> None:  # fmt: skip
+        """Train the score network on the latents of ``dm`` with Lightning (scvi's runner);
+        its history goes to ``diffusion_history_``, the VAE's stays in ``history``."""
+        if max_epochs is None:  # about DIFFUSION_STEPS optimisation steps, whatever the size
+            steps_per_epoch = math.ceil(dm.n_train / dm.batch_size)
             max_epochs = int(np.clip(round(DIFFUSION_STEPS / steps_per_epoch), 1, 2000))
         plan_kwargs = {
             "lr": 3e-3,
@@ -347,9 +370,6 @@ class TrainingMixin:
         hooks = []
         if self.query_ is not None and finetune == "new_conditions":
             hooks = freeze_old_condition_rows(self.module, self.query_["condition_sizes"])
-        plan = DiffusionTrainingPlan(self.module, **plan_kwargs)
-        if dm.n_val == 0:
-            early_stopping = False
         trainer_kwargs.setdefault("early_stopping_monitor", "denoising_loss_validation")
         trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
@@ -358,12 +378,12 @@ class TrainingMixin:
         vae_history = dict(self.history_ or {})  # the runner appends to the dict in place
         runner = TrainRunner(
             self,
-            training_plan=plan,
+            training_plan=DiffusionTrainingPlan(self.module, **plan_kwargs),
             data_splitter=dm,
             max_epochs=max_epochs,
             accelerator=accelerator,
             devices=devices,
-            early_stopping=early_stopping,
+            early_stopping=early_stopping and dm.n_val > 0,
             **trainer_kwargs,
         )
         try:
@@ -371,18 +391,12 @@ class TrainingMixin:
         finally:
             for handle in hooks:
                 handle.remove()
-            if tmp is not None:
-                tmp.cleanup()
-        mark_stage_done(self.trainer, stage_dir)
         # scvi-tools merges later runs into the first run's history keys: keep the stages apart
         stage2 = getattr(self.trainer.logger, "history", {}) or {}
         if not isinstance(stage2, dict):  # a dummy on non-zero ranks under DDP
             stage2 = {}
         self.diffusion_history_ = {k: v.reset_index(drop=True) for k, v in stage2.items()}
         self.history_ = vae_history
-        self.module.requires_grad_(True)  # as after load(); each stage re-applies its freezing
-        self.module.eval()
-        self.diffusion_trained_ = True
 
     def _require_data(self) -> None:
         if self.adata is None:
