@@ -38,7 +38,7 @@ def html(tmp_path_factory) -> Path:
 PAGES = (
     "index", "installation", "getting_started", "tutorials", "concepts", "evaluation",
     "howto_sampling", "howto_editing", "howto_finetune", "scaling", "saving", "mudata", "cli",
-    "api", "benchmarks", "citations", "changelog",
+    "api", "benchmarks", "architecture", "citations", "changelog",
 )  # fmt: skip
 
 

@@ -346,3 +346,20 @@ def test_count_summaries_describe_the_edited_counts(editor, source):
     out = editor.edit(source, {"condition": "stim"}, strength=0.5, n_steps=4, seed=0)
     np.testing.assert_allclose(out.obs["n_counts"], np.asarray(out.X.sum(1)).ravel())
     np.testing.assert_array_equal(out.obs["n_genes"], np.asarray((out.X > 0).sum(1)).ravel())
+
+
+def test_decode_latent_takes_covariates(trained):
+    """The public decoder sets categorical and continuous covariates (the editor decodes with
+    it): stim raises the first ten genes of the synthetic data."""
+    model, _ = trained
+    z = np.zeros((20, model.module.n_latent), dtype=np.float32)
+    kw = {"transform": "normalized", "library_size": 1e4}
+    ctrl = model.decode_latent(z, covariates={"condition": "ctrl"}, **kw)
+    stim = model.decode_latent(z, covariates={"condition": ["stim"] * 20}, **kw)
+    assert stim[:, :10].sum() > ctrl[:, :10].sum()
+    default = model.decode_latent(z, **kw)  # the first category
+    np.testing.assert_allclose(default, ctrl, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"Unknown condition values \['STIM'\]"):
+        model.decode_latent(z, covariates={"condition": "STIM"})
+    with pytest.raises(ValueError, match="Unknown covariate 'labels'.*cell_type="):
+        model.decode_latent(z, covariates={"labels": "label_0"})

@@ -90,6 +90,15 @@ def add_parser(sub) -> None:
         default=None,
         help="for .h5mu input: the RNA modality (default 'rna', or the only one)",
     )
+    _add_editing_options(p)
+    add_runtime_options(p)
+    add_allow_pickle_option(p)
+    add_overwrite_option(p, "--out file")
+    p.set_defaults(func=run)
+
+
+def _add_editing_options(p) -> None:
+    """How the cells are edited."""
     how = p.add_argument_group("editing")
     how.add_argument(
         "--strength",
@@ -137,10 +146,6 @@ def add_parser(sub) -> None:
     how.add_argument(
         "--batch-size", type=non_negative_int, default=1024, help="cells per chunk (1024)"
     )
-    add_runtime_options(p)
-    add_allow_pickle_option(p)
-    add_overwrite_option(p, "--out file")
-    p.set_defaults(func=run)
 
 
 def select_cells(adata, pairs, option: str = "--select"):

@@ -90,6 +90,13 @@ def add_parser(sub) -> None:
         default=None,
         help="the real training cells (.h5ad): enables label_agreement and novelty",
     )
+    _add_metric_options(p)
+    add_overwrite_option(p, "--out file")
+    p.set_defaults(func=run)
+
+
+def _add_metric_options(p) -> None:
+    """Which metrics, on which cells, with which settings."""
     p.add_argument(
         "--control",
         type=Path,
@@ -138,8 +145,6 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--seed", type=non_negative_int, default=0, help="seed of every random step (0)"
     )
-    add_overwrite_option(p, "--out file")
-    p.set_defaults(func=run)
 
 
 def _selection(text: str) -> tuple[str, list[str]]:

@@ -55,6 +55,15 @@ def add_parser(sub) -> None:
         "model", metavar="MODEL", type=Path, help="model directory written by 'scgm-scvi train'"
     )
     p.add_argument("--out", required=True, type=Path, help="output .h5ad file")
+    _add_generation_options(p)
+    add_runtime_options(p)
+    add_allow_pickle_option(p)
+    add_overwrite_option(p, "--out file")
+    p.set_defaults(func=run)
+
+
+def _add_generation_options(p) -> None:
+    """Which cells, and how they are sampled."""
     what = p.add_argument_group("which cells")
     what.add_argument(
         "--n",
@@ -127,10 +136,6 @@ def add_parser(sub) -> None:
         help="add each cell type's mean posterior variance to the sampled latents before "
         "decoding (default: on for models whose score network learned posterior means)",
     )
-    add_runtime_options(p)
-    add_allow_pickle_option(p)
-    add_overwrite_option(p, "--out file")
-    p.set_defaults(func=run)
 
 
 def parse_cell_types(items: list[str], n: int | None) -> tuple[int | None, object]:

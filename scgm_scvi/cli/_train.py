@@ -97,6 +97,14 @@ def add_parser(sub) -> None:
         help="for .h5mu input: the RNA modality (default 'rna', or the only one); obs keys are "
         "read from the MuData's obs, else from the modality's",
     )
+    _add_training_options(p)
+    add_runtime_options(p)
+    add_overwrite_option(p, "non-empty --out directory")
+    p.set_defaults(func=run)
+
+
+def _add_training_options(p) -> None:
+    """Options of the two training stages and of the networks."""
     fit = p.add_argument_group("training")
     fit.add_argument(
         "--max-epochs",
@@ -161,9 +169,6 @@ def add_parser(sub) -> None:
         help="what the score network corrects: the exact score of a Gaussian per cell type "
         "(gaussian) or of N(0, I) (none: plain velocity prediction)",
     )
-    add_runtime_options(p)
-    add_overwrite_option(p, "non-empty --out directory")
-    p.set_defaults(func=run)
 
 
 def _locate_keys(mdata, modality: str, keys: dict[str, list[str]]) -> dict[str, str]:
@@ -192,6 +197,45 @@ def run(args: argparse.Namespace) -> int:
         )
     data, modality = read_cells(args.input, "INPUT", args.modality)
     cells = rna_view(data, modality)
+    _check_input(cells, args)
+    setup_runtime(args)
+    setup = {
+        "labels_key": args.labels_key,
+        "batch_key": args.batch_key,
+        "categorical_covariate_keys": args.categorical_covariates or None,
+        "continuous_covariate_keys": args.continuous_covariates or None,
+    }
+    model = _new_model(data, modality, setup, args)
+    n_cells, n_genes = cells.n_obs, cells.n_vars
+    del cells
+    log(f"{n_cells} cells x {n_genes} genes from {args.input}")
+    epochs, seconds = _fit(model, args)
+
+    prepare_out_dir(out, args.overwrite)
+    model.save(str(out), overwrite=True, save_anndata=False)
+    columns = model.conditions_["columns"]
+    summary = {
+        "input": str(args.input),
+        "modality": modality,
+        "n_cells": n_cells,
+        "n_genes": n_genes,
+        "setup": {"layer": args.layer, **setup},
+        "conditions": {c["key"]: c["categories"] for c in columns if c.get("registered", True)},
+        **epochs,
+        "vae": {"n_hidden": args.n_hidden, "n_layers": args.n_layers, "norm": args.norm},
+        "diffusion_batch_size": args.diffusion_batch_size,
+        "latent_scaling": args.latent_scaling,
+        "score_baseline": args.score_baseline,
+        "train_seconds": round(seconds, 1),
+        "seed": args.seed,
+    }
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    log(f"wrote the model to {out}/ ({seconds:.0f} s of training)")
+    return 0
+
+
+def _check_input(cells, args: argparse.Namespace) -> None:
+    """The keys named on the command line exist and the matrix holds enough raw counts."""
     option_of = {args.labels_key: "--labels-key", args.batch_key: "--batch-key"}
     option_of.update({k: "--covariate" for k in args.categorical_covariates})
     option_of.update({k: "--continuous-covariate" for k in args.continuous_covariates})
@@ -203,16 +247,12 @@ def run(args: argparse.Namespace) -> int:
     if args.labels_key is None:
         log("no --labels-key: generation cannot be conditioned on cell type")
 
-    setup_runtime(args)
+
+def _new_model(data, modality, setup: dict, args: argparse.Namespace):
+    """Register the data (AnnData, or a MuData's modality) and build the model."""
     import scgm_scvi
     from scgm_scvi.model._constants import NORM_KWARGS
 
-    setup = {
-        "labels_key": args.labels_key,
-        "batch_key": args.batch_key,
-        "categorical_covariate_keys": args.categorical_covariates or None,
-        "continuous_covariate_keys": args.continuous_covariates or None,
-    }
     try:
         with quiet_warnings():
             if modality is None:
@@ -223,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
                 scgm_scvi.SCGM.setup_mudata(
                     data, rna_layer=args.layer, modalities=modalities, **setup
                 )
-            model = scgm_scvi.SCGM(
+            return scgm_scvi.SCGM(
                 data,
                 n_latent=args.n_latent,
                 n_hidden=args.n_hidden,
@@ -236,11 +276,11 @@ def run(args: argparse.Namespace) -> int:
             )
     except (ValueError, KeyError) as exc:
         raise user_error(exc) from None
-    n_cells, n_genes = cells.n_obs, cells.n_vars
-    del cells
-    log(f"{n_cells} cells x {n_genes} genes from {args.input}")
-    progress = show_progress(args)
-    fit = {**device_kwargs(args), "enable_progress_bar": progress}
+
+
+def _fit(model, args: argparse.Namespace) -> tuple[dict, float]:
+    """Train both stages with the command line's settings; the epochs run and the seconds."""
+    fit = {**device_kwargs(args), "enable_progress_bar": show_progress(args)}
     t0 = time.perf_counter()
     log("training stage 1 (VAE)")
     # Lightning draws its bars on stdout; tools keep stdout for results, bars on stderr
@@ -264,27 +304,5 @@ def run(args: argparse.Namespace) -> int:
     t_all = time.perf_counter() - t0
     n_diff = len(model.diffusion_history_.get("train_loss", []))
     log(f"score network done in {t_all - t_vae:.0f} s ({n_diff} epochs)")
-
-    prepare_out_dir(out, args.overwrite)
-    model.save(str(out), overwrite=True, save_anndata=False)
-    columns = model.conditions_["columns"]
-    summary = {
-        "input": str(args.input),
-        "modality": modality,
-        "n_cells": n_cells,
-        "n_genes": n_genes,
-        "setup": {"layer": args.layer, **setup},
-        "conditions": {c["key"]: c["categories"] for c in columns if c.get("registered", True)},
-        "vae_epochs": vae_epochs,
-        "kl_warmup_epochs": kl_warmup,
-        "diffusion_epochs": n_diff,
-        "vae": {"n_hidden": args.n_hidden, "n_layers": args.n_layers, "norm": args.norm},
-        "diffusion_batch_size": args.diffusion_batch_size,
-        "latent_scaling": args.latent_scaling,
-        "score_baseline": args.score_baseline,
-        "train_seconds": round(t_all, 1),
-        "seed": args.seed,
-    }
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    log(f"wrote the model to {out}/ ({t_all:.0f} s of training)")
-    return 0
+    epochs = {"vae_epochs": vae_epochs, "kl_warmup_epochs": kl_warmup, "diffusion_epochs": n_diff}
+    return epochs, t_all

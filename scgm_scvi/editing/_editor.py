@@ -214,20 +214,10 @@ class SCGEditor:
         edit parameters.
         """
         model, module = self.model, self.model.module
-        check_sampling_args(n_steps, guidance_scale, seed, batch_size)
-        check_finite(gene_guidance_scale, "gene_guidance_scale", minimum=0.0)
-        method, plan, t0 = self._check_options(method, sampler, n_steps, strength)
-        if init not in ("source", "latent_shift"):
-            raise ValueError(f"init must be 'source' or 'latent_shift', got {init!r}.")
-        check_guidance_interval(guidance_interval)
-        if guidance_reference not in ("null", "source"):
-            raise ValueError(
-                f"guidance_reference must be 'null' or 'source', got {guidance_reference!r}."
-            )
-        if method == "latent_shift":
-            init = "source"  # the shift is the edit itself
-        if not isinstance(n_samples, int | np.integer) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+        method, plan, t0, init = self._check_arguments(
+            method, sampler, n_steps, strength, init, guidance_scale, guidance_interval,
+            guidance_reference, gene_guidance_scale, n_samples, seed, batch_size,
+        )  # fmt: skip
         target = self._resolve_target(target)
         gene_idx, gene_target, gene_dir = self._resolve_genes(genes)
         if gene_idx is not None and method == "latent_shift":
@@ -248,12 +238,7 @@ class SCGEditor:
             adata = rna_anndata(adata, model.registry_["setup_args"], "adata")
         src = model.encode(adata, batch_size, name="adata")
         n = len(src["z"])
-        changed = list(target)
-        cond_tgt = src["cond"].clone()
-        for j, code in target.items():
-            cond_tgt[:, j] = code
-        batch_col = self._batch_column()
-        batch_tgt = cond_tgt[:, batch_col] if batch_col in target else src["batch_index"][:, 0]
+        cond_tgt, batch_tgt = self._target_codes(src, target)
 
         rep = np.repeat(np.arange(n), n_samples)
         rep_t = torch.as_tensor(rep, device=device)
@@ -271,7 +256,7 @@ class SCGEditor:
                 x0=module.standardize(z_start),
                 cond_src=src["cond"][rep_t],
                 cond_tgt=cond_tgt[rep_t],
-                changed=changed,
+                changed=list(target),
                 decoder=(
                     src["log_library"][rep_t],
                     batch_tgt[rep_t, None],
@@ -292,8 +277,9 @@ class SCGEditor:
         table = self._decoder_table(
             cond_tgt[rep_t], batch_tgt[rep_t], src["log_library"][rep_t], src["cont"], rep
         )
-        X = model._decode(z_edit, table, "counts", None if seed is None else seed + 1, batch_size)
+        X = self._decode(z_edit, table, None if seed is None else seed + 1, batch_size)
         out = self._output(adata, X, rep, n_samples, target, table, z_src, z_edit)
+        guidance = _guidance_record(guidance_scale, guidance_interval, guidance_reference)
         out.uns[UNS_KEY] = {
             "method": method,
             "target": {model.conditions_["columns"][j]["key"]: v for j, v in self._names(target)},
@@ -301,16 +287,9 @@ class SCGEditor:
             "t0": float(t0),
             "sampler": "none" if plan is None else plan.sampler,
             "n_steps": 0 if plan is None else plan.n_steps,
-            "guidance_scale": float(guidance_scale),
-            "guidance_interval": "none"
-            if guidance_interval is None
-            else [float(v) for v in guidance_interval],
-            "guidance_reference": guidance_reference,
+            **guidance,
             "init": init,
-            "genes": {
-                k: (v if isinstance(v, str) else float(v)) for k, v in (genes or {}).items()
-            },
-            "gene_guidance_scale": float(gene_guidance_scale),
+            **_genes_record(genes, gene_guidance_scale),
             "n_samples": int(n_samples),
             "seed": -1 if seed is None else int(seed),
             "network_evaluations_per_cell": int(nfe),
@@ -321,6 +300,26 @@ class SCGEditor:
         return out
 
     # ------------------------------------------------------------------ argument checks
+    def _check_arguments(
+        self, method, sampler, n_steps, strength, init, guidance_scale, guidance_interval,
+        guidance_reference, gene_guidance_scale, n_samples, seed, batch_size,
+    ):  # fmt: skip
+        """Every argument of :meth:`edit` that needs no data; the reverse-process plan."""
+        check_sampling_args(n_steps, guidance_scale, seed, batch_size)
+        check_finite(gene_guidance_scale, "gene_guidance_scale", minimum=0.0)
+        method, plan, t0 = self._check_options(method, sampler, n_steps, strength)
+        if init not in ("source", "latent_shift"):
+            raise ValueError(f"init must be 'source' or 'latent_shift', got {init!r}.")
+        check_guidance_interval(guidance_interval)
+        if guidance_reference not in ("null", "source"):
+            raise ValueError(
+                f"guidance_reference must be 'null' or 'source', got {guidance_reference!r}."
+            )
+        if not isinstance(n_samples, int | np.integer) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+        # the latent shift is the edit itself
+        return method, plan, t0, "source" if method == "latent_shift" else init
+
     def _check_options(self, method, sampler, n_steps, strength):
         if method not in ("sdedit", "ode", "latent_shift"):
             raise ValueError(f"method must be 'sdedit', 'ode' or 'latent_shift', got {method!r}.")
@@ -397,8 +396,14 @@ class SCGEditor:
         idx = torch.as_tensor(var_names.get_indexer(list(genes)), device=device)
         return idx, torch.tensor(target, device=device), torch.tensor(direction, device=device)
 
-    def _batch_column(self) -> int | None:
-        return Conditions(self.model.conditions_).batch_column
+    def _target_codes(self, src: dict, target: dict[int, int]):
+        """The source cells' condition codes with the target's set, and their batch index."""
+        cond_tgt = src["cond"].clone()
+        for j, code in target.items():
+            cond_tgt[:, j] = code
+        batch_col = Conditions(self.model.conditions_).batch_column
+        batch_tgt = cond_tgt[:, batch_col] if batch_col in target else src["batch_index"][:, 0]
+        return cond_tgt, batch_tgt
 
     # ------------------------------------------------------------------ data in
     # ------------------------------------------------------------------ latent math
@@ -419,9 +424,8 @@ class SCGEditor:
         """
         model = self.model
         if reference is None:
-            tensors = model._latent_pass()[0]
-            ref_z = tensors["z_loc"].clone().to(model.device)
-            ref_cond = tensors["cond"].clone().to(model.device)
+            ref = model.encode(batch_size=batch_size)  # the training cells
+            ref_z, ref_cond = ref["z"], ref["cond"]
         else:
             ref = model.encode(reference, batch_size, name="reference")
             ref_z, ref_cond = ref["z"], ref["cond"]
@@ -553,6 +557,32 @@ class SCGEditor:
                 table[continuous_column(key)] = cont_np[:, k]
         return table
 
+    def _decode(self, z, table: pd.DataFrame, seed: int | None, batch_size: int):
+        """NB counts of edited latents, through the model's public decoder, from the codes of
+        ``table`` given back as names."""
+        conditions = Conditions(self.model.conditions_)
+
+        def names(categories, codes):
+            return np.asarray(categories, dtype=object)[codes.to_numpy()]
+
+        columns = conditions.columns
+        covariates = {
+            columns[j]["key"]: names(columns[j]["categories"], table[code_column(j)])
+            for j in conditions.covariate_columns
+        }
+        for key in conditions.cont_keys:
+            if continuous_column(key) in table:
+                covariates[key] = table[continuous_column(key)].to_numpy()
+        return self.model.decode_latent(
+            z,
+            cell_type=names(columns[0]["categories"], table[code_column(0)]),
+            library_size=np.exp(table[LOG_LIBRARY].to_numpy()),
+            batch=names(conditions.batch_categories, table[BATCH_INDEX]),
+            covariates=covariates,
+            seed=seed,
+            batch_size=batch_size,
+        )
+
     def _output(self, adata, X, rep, n_samples, target, table, z_src, z_edit) -> AnnData:
         columns = self.model.conditions_["columns"]
         obs = adata.obs.iloc[rep].copy()
@@ -580,6 +610,23 @@ class SCGEditor:
         out.obsm[SOURCE_KEY] = z_src.cpu().numpy()
         out.obsm[EDITED_KEY] = z_edit.cpu().numpy()
         return out
+
+
+def _guidance_record(scale, interval, reference) -> dict:
+    """The guidance settings as plain values for ``uns``."""
+    return {
+        "guidance_scale": float(scale),
+        "guidance_interval": "none" if interval is None else [float(v) for v in interval],
+        "guidance_reference": reference,
+    }
+
+
+def _genes_record(genes, scale) -> dict:
+    """The gene-level constraints as plain values for ``uns``."""
+    return {
+        "genes": {k: (v if isinstance(v, str) else float(v)) for k, v in (genes or {}).items()},
+        "gene_guidance_scale": float(scale),
+    }
 
 
 def _expression_fn(module, gene_idx, lib, batch_index, labels, cat_covs, cont_covs):

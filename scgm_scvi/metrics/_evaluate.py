@@ -138,137 +138,31 @@ def evaluate(
     Tidy frame with columns ``group``, ``metric``, ``value``, ``protocol``.
     """
     families = _resolve_families(metrics, train, groupby)
-    check_adata(real, "real")
-    check_adata(generated, "generated")
-    datasets = {"real": real, "generated": generated}
-    if train is not None:
-        check_adata(train, "train")
-        datasets["train"] = train
-    genes = align_genes(datasets)
-    layers = {"real": layer, "generated": generated_layer, "train": layer}
-    X = {k: get_matrix(a, genes, layers[k], k) for k, a in datasets.items()}
-    for k, mat in X.items():
-        check_counts(mat, k)
-    L = {k: log1p_cp10k(mat) for k, mat in X.items()}
-
-    # Group bookkeeping: report, never silently drop.
-    if groupby is not None:
-        gen_key = generated_groupby or groupby
-        lab_r = get_labels(real, groupby, "real")
-        lab_g = get_labels(generated, gen_key, "generated")
-        groups_r = ordered_groups(real, groupby, lab_r)
-        groups_g = ordered_groups(generated, gen_key, lab_g)
-    else:
-        lab_r = np.full(real.n_obs, ALL)
-        lab_g = np.full(generated.n_obs, ALL)
-        groups_r, groups_g = [], []
-    all_groups = groups_r + [g for g in groups_g if g not in groups_r]
-    evaluated = _check_groups(lab_r, lab_g, groups_r, groups_g, min_cells)
-
-    rows: list[tuple[str, str, float, str]] = []
-    for g in [ALL, *all_groups]:
-        n_r = real.n_obs if g == ALL else int((lab_r == g).sum())
-        n_g = generated.n_obs if g == ALL else int((lab_g == g).sum())
-        rows += [(g, "n_real", float(n_r), "counts"), (g, "n_generated", float(n_g), "counts")]
-
-    masks = [(ALL, np.ones(real.n_obs, bool), np.ones(generated.n_obs, bool))]
-    masks += [(g, lab_r == g, lab_g == g) for g in evaluated]
-
-    need_emb = {"g1", "fred", "g2"} & set(families)
-    if need_emb:
+    genes, X, L = _prepared(real, generated, train, layer, generated_layer)
+    groups = _Groups(real, generated, groupby, generated_groupby, min_cells)
+    rows = groups.count_rows()
+    if {"g1", "fred", "g2"} & set(families):
         emb = fit_reference_embedding(
-            X["real"],
-            genes,
-            n_top_genes=n_top_genes,
-            n_comps=n_comps,
-            seed=seed,
+            X["real"], genes, n_top_genes=n_top_genes, n_comps=n_comps, seed=seed,
             lognorm=L["real"],
-        )
+        )  # fmt: skip
         E = {"real": emb.real_coords, "generated": emb.transform_lognorm(L["generated"])}
-        hvg_idx = genes.get_indexer(emb.hvg)
-
-    if "g1" in families or "fred" in families:
-        for g, mr, mg in masks:
+        for g, mr, mg in groups.masks:
             er, eg = E["real"][mr], E["generated"][mg]
             if "g1" in families:
                 rows += _g1_rows(g, er, eg, max_cells, seed)
             if "fred" in families:
                 rows.append((g, "frechet", frechet_distance(er, eg), "FReD"))
-
-    if "g2" in families:
-        H = {k: to_dense(L[k][:, hvg_idx]) for k in ("real", "generated")}
-        for g, mr, mg in masks:
-            corr = gene_stat_correlation(
-                col_mean_var(L["real"][mr])[0], col_mean_var(L["generated"][mg])[0]
-            )
-            rows += [(g, "scc", corr["spearman"], "G2"), (g, "pcc", corr["pearson"], "G2")]
-            auc = _safe_auc(H["real"][mr], H["generated"][mg], "knn", seed=seed, n_jobs=n_jobs)
-            rows.append((g, "knn_auc", auc, "G2"))
-        rows.append(
-            (ALL, "rf_auc", _rf_auc(L, n_pcs_discriminator, n_estimators, seed, n_jobs), "G2")
-        )
-
+        if "g2" in families:
+            hvg_idx = genes.get_indexer(emb.hvg)
+            rows += _g2_rows(groups, L, hvg_idx, n_pcs_discriminator, n_estimators, seed, n_jobs)
     if "stats" in families:
-        for g, mr, mg in masks:
-            var = gene_stat_correlation(
-                col_mean_var(L["real"][mr])[1], col_mean_var(L["generated"][mg])[1]
-            )
-            zero = zero_fraction_stats(X["real"][mr], X["generated"][mg])
-            lib = library_size_stats(X["real"][mr], X["generated"][mg])
-            rows += [
-                (g, "gene_var_pearson", var["pearson"], "stats"),
-                (g, "gene_var_spearman", var["spearman"], "stats"),
-                (g, "zero_frac_pearson", zero["pearson"], "stats"),
-                (g, "zero_frac_mae", zero["mae"], "stats"),
-                (g, "libsize_ks", lib["ks"], "stats"),
-                (g, "libsize_w1_log", lib["w1_log"], "stats"),
-                (g, "libsize_median_ratio", lib["median_ratio"], "stats"),
-            ]
-
+        rows += _stats_rows(groups, X, L)
     if "label_agreement" in families:
-        if groupby is None:
-            raise ValueError("`label_agreement` needs labels: pass `groupby`.")
-        lab_t = get_labels(train, groupby, "train")
-        clf = LabelClassifier.fit(X["train"], L["train"], lab_t, genes, n_top_genes, seed=seed)
-        unknown = sorted(set(lab_g) - set(clf.classes))
-        if unknown:
-            warnings.warn(
-                f"Generated groups absent from `train` can never be predicted: {unknown}.",
-                UserWarning,
-                stacklevel=2,
-            )
-        pred = clf.predict(L["generated"])
-        for g, _, mg in masks:
-            rows.append(
-                (g, "label_agreement", float(np.mean(pred[mg] == lab_g[mg])), "conditional")
-            )
-
+        rows += _label_rows(groups, train, groupby, X, L, genes, n_top_genes, seed)
     if "novelty" in families:
-        # Fit on the training cells so that test and generated cells are both out-of-sample
-        # (see `novelty`): the G1 embedding would favour the generated cells.
-        emb_t = fit_reference_embedding(
-            X["train"],
-            genes,
-            n_top_genes=n_top_genes,
-            n_comps=n_comps,
-            seed=seed,
-            lognorm=L["train"],
-        )
-        d_test = nearest_train_distance(emb_t.real_coords, emb_t.transform_lognorm(L["real"]))
-        d_gen = nearest_train_distance(emb_t.real_coords, emb_t.transform_lognorm(L["generated"]))
-        for g, mr, mg in masks:
-            for k, v in novelty_stats(d_test[mr], d_gen[mg], dup_quantile).items():
-                rows.append((g, k, v, "novelty"))
-
-    df = pd.DataFrame(rows, columns=_COLUMNS)
-    if evaluated and groupby is not None:
-        per_group = df[df["group"].isin(evaluated) & (df["protocol"] != "counts")]
-        means = per_group.groupby(["metric", "protocol"], sort=False)["value"].mean()
-        mean_rows = pd.DataFrame(
-            [(MEAN, m, v, p) for (m, p), v in means.items()], columns=_COLUMNS
-        )
-        df = pd.concat([df, mean_rows], ignore_index=True)
-    return df
+        rows += _novelty_family_rows(groups, X, L, genes, n_top_genes, n_comps, seed, dup_quantile)
+    return groups.with_means(pd.DataFrame(rows, columns=_COLUMNS))
 
 
 def summarize_runs(
@@ -299,6 +193,137 @@ def summarize_runs(
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
+
+
+def _prepared(real, generated, train, layer, generated_layer):
+    """The shared genes, raw counts and log1p CP10k of every dataset (checked counts)."""
+    check_adata(real, "real")
+    check_adata(generated, "generated")
+    datasets = {"real": real, "generated": generated}
+    if train is not None:
+        check_adata(train, "train")
+        datasets["train"] = train
+    genes = align_genes(datasets)
+    layers = {"real": layer, "generated": generated_layer, "train": layer}
+    X = {k: get_matrix(a, genes, layers[k], k) for k, a in datasets.items()}
+    for k, mat in X.items():
+        check_counts(mat, k)
+    return genes, X, {k: log1p_cp10k(mat) for k, mat in X.items()}
+
+
+class _Groups:
+    """The groups of an evaluation: every group is reported, never silently dropped."""
+
+    def __init__(self, real, generated, groupby, generated_groupby, min_cells):
+        self.groupby = groupby
+        self.n_real, self.n_generated = real.n_obs, generated.n_obs
+        if groupby is not None:
+            gen_key = generated_groupby or groupby
+            self.lab_r = get_labels(real, groupby, "real")
+            self.lab_g = get_labels(generated, gen_key, "generated")
+            groups_r = ordered_groups(real, groupby, self.lab_r)
+            groups_g = ordered_groups(generated, gen_key, self.lab_g)
+        else:
+            self.lab_r = np.full(real.n_obs, ALL)
+            self.lab_g = np.full(generated.n_obs, ALL)
+            groups_r, groups_g = [], []
+        self.all = groups_r + [g for g in groups_g if g not in groups_r]
+        self.evaluated = _check_groups(self.lab_r, self.lab_g, groups_r, groups_g, min_cells)
+        #: (group, real mask, generated mask): all cells, then every evaluated group
+        self.masks = [(ALL, np.ones(real.n_obs, bool), np.ones(generated.n_obs, bool))]
+        self.masks += [(g, self.lab_r == g, self.lab_g == g) for g in self.evaluated]
+
+    def count_rows(self) -> list[tuple[str, str, float, str]]:
+        rows = []
+        for g in [ALL, *self.all]:
+            n_r = self.n_real if g == ALL else int((self.lab_r == g).sum())
+            n_g = self.n_generated if g == ALL else int((self.lab_g == g).sum())
+            rows += [(g, "n_real", float(n_r), "counts"), (g, "n_generated", float(n_g), "counts")]
+        return rows
+
+    def with_means(self, df: pd.DataFrame) -> pd.DataFrame:
+        """``df`` plus the mean over the evaluated groups of every metric."""
+        if not self.evaluated or self.groupby is None:
+            return df
+        per_group = df[df["group"].isin(self.evaluated) & (df["protocol"] != "counts")]
+        means = per_group.groupby(["metric", "protocol"], sort=False)["value"].mean()
+        mean_rows = pd.DataFrame(
+            [(MEAN, m, v, p) for (m, p), v in means.items()], columns=_COLUMNS
+        )
+        return pd.concat([df, mean_rows], ignore_index=True)
+
+
+def _g2_rows(groups, L, hvg_idx, n_pcs, n_estimators, seed, n_jobs):
+    """Protocol G2: gene-mean correlations and the kNN AUC per group, the forest's overall."""
+    rows = []
+    H = {k: to_dense(L[k][:, hvg_idx]) for k in ("real", "generated")}
+    for g, mr, mg in groups.masks:
+        corr = gene_stat_correlation(
+            col_mean_var(L["real"][mr])[0], col_mean_var(L["generated"][mg])[0]
+        )
+        rows += [(g, "scc", corr["spearman"], "G2"), (g, "pcc", corr["pearson"], "G2")]
+        auc = _safe_auc(H["real"][mr], H["generated"][mg], "knn", seed=seed, n_jobs=n_jobs)
+        rows.append((g, "knn_auc", auc, "G2"))
+    rows.append((ALL, "rf_auc", _rf_auc(L, n_pcs, n_estimators, seed, n_jobs), "G2"))
+    return rows
+
+
+def _stats_rows(groups, X, L):
+    """Gene variances, zero fractions and library sizes of real against generated cells."""
+    rows = []
+    for g, mr, mg in groups.masks:
+        var = gene_stat_correlation(
+            col_mean_var(L["real"][mr])[1], col_mean_var(L["generated"][mg])[1]
+        )
+        zero = zero_fraction_stats(X["real"][mr], X["generated"][mg])
+        lib = library_size_stats(X["real"][mr], X["generated"][mg])
+        rows += [
+            (g, "gene_var_pearson", var["pearson"], "stats"),
+            (g, "gene_var_spearman", var["spearman"], "stats"),
+            (g, "zero_frac_pearson", zero["pearson"], "stats"),
+            (g, "zero_frac_mae", zero["mae"], "stats"),
+            (g, "libsize_ks", lib["ks"], "stats"),
+            (g, "libsize_w1_log", lib["w1_log"], "stats"),
+            (g, "libsize_median_ratio", lib["median_ratio"], "stats"),
+        ]
+    return rows
+
+
+def _label_rows(groups, train, groupby, X, L, genes, n_top_genes, seed):
+    """The share of generated cells a classifier trained on real cells gives their label."""
+    if groupby is None:
+        raise ValueError("`label_agreement` needs labels: pass `groupby`.")
+    lab_t = get_labels(train, groupby, "train")
+    clf = LabelClassifier.fit(X["train"], L["train"], lab_t, genes, n_top_genes, seed=seed)
+    unknown = sorted(set(groups.lab_g) - set(clf.classes))
+    if unknown:
+        warnings.warn(
+            f"Generated groups absent from `train` can never be predicted: {unknown}.",
+            UserWarning,
+            stacklevel=3,
+        )
+    pred = clf.predict(L["generated"])
+    return [
+        (g, "label_agreement", float(np.mean(pred[mg] == groups.lab_g[mg])), "conditional")
+        for g, _, mg in groups.masks
+    ]
+
+
+def _novelty_family_rows(groups, X, L, genes, n_top_genes, n_comps, seed, dup_quantile):
+    """Nearest-training-cell distances of generated against held-out real cells."""
+    # Fit on the training cells so that test and generated cells are both out-of-sample
+    # (see `novelty`): the G1 embedding would favour the generated cells.
+    emb_t = fit_reference_embedding(
+        X["train"], genes, n_top_genes=n_top_genes, n_comps=n_comps, seed=seed,
+        lognorm=L["train"],
+    )  # fmt: skip
+    d_test = nearest_train_distance(emb_t.real_coords, emb_t.transform_lognorm(L["real"]))
+    d_gen = nearest_train_distance(emb_t.real_coords, emb_t.transform_lognorm(L["generated"]))
+    rows = []
+    for g, mr, mg in groups.masks:
+        for k, v in novelty_stats(d_test[mr], d_gen[mg], dup_quantile).items():
+            rows.append((g, k, v, "novelty"))
+    return rows
 
 
 def _resolve_families(metrics, train, groupby) -> list[str]:

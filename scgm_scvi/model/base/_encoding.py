@@ -99,7 +99,7 @@ class EncodingMixin:
 
     @torch.inference_mode()
     def encode(
-        self, adata: AnnData | MuData, batch_size: int = 1024, name: str = "adata"
+        self, adata: AnnData | MuData | None = None, batch_size: int = 1024, name: str = "adata"
     ) -> dict[str, torch.Tensor | None]:
         """Encode real cells: their posterior means and what the score network and decoder see.
 
@@ -109,7 +109,7 @@ class EncodingMixin:
             Counts with the model's genes (matched by name, any order; extra genes are dropped
             with a warning) and the ``obs`` columns registered with :meth:`setup_anndata`, or a
             MuData laid out as in :meth:`setup_mudata`. Not modified: scvi-tools registers a
-            private copy.
+            private copy. ``None``: the model's training data (no copy).
         batch_size
             Cells encoded at once.
         name
@@ -123,34 +123,45 @@ class EncodingMixin:
         the continuous covariates (or ``None``).
         """
         check_positive_int(batch_size, "batch_size")
-        model, module = self, self.module
+        if adata is None:
+            if self.adata is None:
+                raise ValueError(
+                    "encode() without adata reads the training data, but the model was loaded "
+                    "without it: pass adata, or load the model with its AnnData."
+                )
+            return self._encode_registered(self.adata, batch_size)
         work = self._registered_copy(adata, name)
         # a model loaded without AnnData adopts the AnnData it validates: undo that afterwards
-        loaded_bare = model.adata is None
-        store = type(model)._per_instance_manager_store.get(model.id, {})
+        loaded_bare = self.adata is None
+        store = type(self)._per_instance_manager_store.get(self.id, {})
         before = set(store)
-        model._validate_anndata(work)
+        self._validate_anndata(work)
         try:
-            loader = model._make_data_loader(adata=work, batch_size=batch_size, shuffle=False)
-            z, cond, lib, bidx, cont = [], [], [], [], []
-            for batch in loader:
-                inf = module.inference(**module._get_inference_input(batch))
-                z.append(inf["qz"].loc)
-                lib.append(inf["library"])
-                cond.append(model._condition_codes_from_batch(batch))
-                bidx.append(batch[REGISTRY_KEYS.BATCH_KEY].long())
-                if REGISTRY_KEYS.CONT_COVS_KEY in batch:
-                    cont.append(batch[REGISTRY_KEYS.CONT_COVS_KEY].float())
+            return self._encode_registered(work, batch_size)
         finally:
             # Forget the private copy so that repeated calls do not keep it alive. scvi-tools'
             # deregister_manager() looks only in the class-wide store, where a setup transferred
             # by _validate_anndata never goes, so the instance's store is cleaned here.
-            store = type(model)._per_instance_manager_store.get(model.id, {})
+            store = type(self)._per_instance_manager_store.get(self.id, {})
             for key in set(store) - before:
                 store.pop(key, None)
             if loaded_bare:
-                model._adata, model._adata_manager = None, None
-        device = model.device
+                self._adata, self._adata_manager = None, None
+
+    def _encode_registered(self, adata, batch_size: int) -> dict[str, torch.Tensor | None]:
+        module = self.module
+        module.eval()
+        loader = self._make_data_loader(adata=adata, batch_size=batch_size, shuffle=False)
+        z, cond, lib, bidx, cont = [], [], [], [], []
+        for batch in loader:
+            inf = module.inference(**module._get_inference_input(batch))
+            z.append(inf["qz"].loc)
+            lib.append(inf["library"])
+            cond.append(self._condition_codes_from_batch(batch))
+            bidx.append(batch[REGISTRY_KEYS.BATCH_KEY].long())
+            if REGISTRY_KEYS.CONT_COVS_KEY in batch:
+                cont.append(batch[REGISTRY_KEYS.CONT_COVS_KEY].float())
+        device = self.device
         return {
             "z": torch.cat(z).to(device),
             "cond": torch.cat(cond).to(device),

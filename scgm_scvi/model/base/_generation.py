@@ -236,6 +236,7 @@ class GenerationMixin:
         transform: Literal["counts", "normalized"] = "counts",
         seed: int | None = None,
         batch_size: int = 2048,
+        covariates: Mapping[str, object] | None = None,
     ) -> sp.csr_matrix | np.ndarray:
         """Decode VAE latents to NB-sampled counts or to normalised expression.
 
@@ -257,6 +258,10 @@ class GenerationMixin:
             generator, which ``scvi.settings.seed`` seeds.
         batch_size
             Cells decoded at once.
+        covariates
+            ``{obs key: value or per-cell values}`` for the registered categorical and
+            continuous covariates the decoder takes; default: the first category, and the
+            training mean of a continuous covariate.
         """
         check_seed(seed)
         check_positive_int(batch_size, "batch_size")
@@ -268,10 +273,10 @@ class GenerationMixin:
         if not torch.isfinite(z).all():
             raise ValueError("z contains NaN or infinite values.")
         n = len(z)
-        table = self._decoder_table(n, cell_type, library_size, batch)
+        table = self._decoder_table(n, cell_type, library_size, batch, covariates)
         return self._decode(z, table, transform, seed, batch_size)
 
-    def _decoder_table(self, n, cell_type, library_size, batch) -> pd.DataFrame:
+    def _decoder_table(self, n, cell_type, library_size, batch, covariates) -> pd.DataFrame:
         conditions = Conditions(self.conditions_)
         table = pd.DataFrame(index=range(n))
         table[code_column(0)] = 0
@@ -287,10 +292,31 @@ class GenerationMixin:
             table[BATCH_INDEX] = conditions.encode_batch(
                 per_cell_values(batch, n, "batch", object)
             )
+        covariates = dict(covariates or {})
+        valid = [conditions.columns[j]["key"] for j in conditions.covariate_columns]
+        valid += conditions.cont_keys
+        for key in covariates:
+            if key not in valid:
+                raise ValueError(
+                    f"Unknown covariate {key!r}. Covariates the decoder takes: {valid}; set the "
+                    "cell type with cell_type= and the batch with batch=."
+                )
         for j in conditions.covariate_columns:
+            key = conditions.columns[j]["key"]
+            values = covariates.get(key)
             table[code_column(j)] = 0
+            if values is not None:
+                values = per_cell_values(values, n, f"covariates[{key!r}]", dtype=object)
+                table[code_column(j)] = conditions.encode(j, values)
         for key in conditions.cont_keys:
-            table[continuous_column(key)] = self.condition_table_[continuous_column(key)].mean()
+            column = continuous_column(key)
+            if key in covariates:
+                values = per_cell_values(covariates[key], n, f"covariates[{key!r}]")
+                if not np.all(np.isfinite(values)):
+                    raise ValueError(f"covariates[{key!r}] must be finite numbers.")
+                table[column] = values.astype(np.float32)
+            else:
+                table[column] = self.condition_table_[column].mean()
         return table
 
     def _decode(
