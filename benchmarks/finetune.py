@@ -41,19 +41,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import scvi  # noqa: E402
 import torch  # noqa: E402
+from _common import split  # noqa: E402
 
 import scgm_scvi  # noqa: E402
-from scgm_scvi.data import stratified_split  # noqa: E402
 from scgm_scvi.metrics import evaluate, label_agreement  # noqa: E402
 
 METRICS = ["w1", "w2", "mmd_linear", "mmd_rbf", "label_agreement"]
-
-
-def split(adata: ad.AnnData, seed: int = 0) -> tuple[ad.AnnData, ad.AnnData]:
-    """80 % / 20 % of every cell type (the package's split; reports made before it used
-    scikit-learn's ``train_test_split(stratify=...)``)."""
-    tr, te = stratified_split(adata.obs["cell_type"], 0.2, seed)
-    return adata[tr].copy(), adata[te].copy()
 
 
 def score(test: ad.AnnData, generated: ad.AnnData, train: ad.AnnData, seed: int) -> dict:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-import platform
 import sys
 import time
 import warnings
@@ -46,14 +45,12 @@ import pandas as pd
 import scipy.sparse as sp
 import scvi
 import torch
+from _common import load, machine_line, split, vae_architecture, vae_norm  # noqa: E402
 
-import scgm_scvi
 from scgm_scvi import SCGM
-from scgm_scvi.data import stratified_split
 from scgm_scvi.metrics import evaluate, label_agreement, summarize_runs
 from scgm_scvi.model._constants import NORM_KWARGS
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_DIFFUSION_BATCH = inspect.signature(SCGM.train_diffusion).parameters["batch_size"].default
 HEADLINE = [
     "w2", "mmd_rbf", "w1", "mmd_linear", "frechet", "label_agreement", "pcc", "rf_auc", "knn_auc",
@@ -62,27 +59,6 @@ HEADLINE = [
 DEFAULTS_ROW = "SCGM (defaults)"
 _GEN = inspect.signature(SCGM.generate).parameters
 DEFAULT_RUN = (_GEN["sampler"].default, _GEN["guidance_scale"].default, None)
-
-
-def load(name: str) -> tuple[ad.AnnData, str | None]:
-    """The dataset and its batch key."""
-    if name == "pbmc3k":
-        return scgm_scvi.data.pbmc3k(), None
-    if name == "kang12k":
-        adata = ad.read_h5ad(SHARED / "kang2018_ctrl_pbmc12k.h5ad")
-        adata.obs["donor"] = adata.obs["donor"].astype(str).astype("category")
-        return adata, "donor"
-    if name == "kang2k":  # 1,000 control + 1,000 IFN-beta cells, 9,015 genes, 8 types
-        adata = ad.read_h5ad(SHARED / "kang2018_ifnb_harmony2k.h5ad")
-        return adata, "condition"
-    raise ValueError(f"Unknown dataset {name!r}; use pbmc3k, kang12k or kang2k.")
-
-
-def split(adata: ad.AnnData, seed: int = 0) -> tuple[ad.AnnData, ad.AnnData]:
-    """80 % / 20 % of every cell type (the package's split; reports made before it used
-    scikit-learn's ``train_test_split(stratify=...)``)."""
-    tr, te = stratified_split(adata.obs["cell_type"], 0.2, seed)
-    return adata[tr].copy(), adata[te].copy()
 
 
 def counts_adata(X, cell_types, var_names) -> ad.AnnData:
@@ -124,21 +100,6 @@ def scvi_posterior_resample(
         return counts_adata(x, a.obs["cell_type"].to_numpy()[idx], a.var_names)
 
     return sample, seconds, epochs
-
-
-def vae_architecture(n_hidden: int | None, n_layers: int | None, norm: str | None) -> dict:
-    """``SCGM`` keyword arguments of a VAE architecture; ``None`` keeps SCGM's default (scVI's
-    1 x 128 with batch norm); ``norm="layer"`` is layer norm in place of batch norm."""
-    kw = {k: v for k, v in (("n_hidden", n_hidden), ("n_layers", n_layers)) if v is not None}
-    if norm is not None:
-        kw.update(NORM_KWARGS[norm])
-    return kw
-
-
-def vae_norm(model: SCGM) -> str:
-    """``"batch"`` or ``"layer"``: the normalisation in the model's VAE."""
-    kinds = {type(m) for m in model.module.z_encoder.modules()}
-    return "batch" if torch.nn.BatchNorm1d in kinds else "layer"
 
 
 def _draw_cells(labels: np.ndarray, sizes: dict, rng: np.random.Generator) -> np.ndarray:
@@ -535,9 +496,7 @@ def main(argv=None):
         "",
         f"Command: `python benchmarks/generation.py {command}`",
         "",
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"scvi-tools {scvi.__version__}, scgm_scvi {scgm_scvi.__version__}, "
-        f"CUDA: {torch.cuda.is_available()}.",
+        machine_line(),
         f"Data: {train.n_obs} train / {test.n_obs} test cells x {train.n_vars} genes; "
         f"split seed 0; generation seeds {args.seeds}; guidance weight 1 unless named.",
         f"Model: {model._model_summary_string}; VAE {vae_norm(model)} norm, early stopping "

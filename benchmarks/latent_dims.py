@@ -50,9 +50,8 @@ import numpy as np
 import pandas as pd
 import scvi
 import torch
-
-# run as a script, sys.path[0] is benchmarks/: generation.py's helpers import as a sibling
-from generation import counts_adata, load, split, vae_architecture, vae_norm  # noqa: E402
+from _common import load, split, vae_architecture, vae_norm  # noqa: E402
+from generation import counts_adata  # noqa: E402
 
 from scgm_scvi import SCGM  # noqa: E402
 from scgm_scvi.metrics import evaluate  # noqa: E402

@@ -28,8 +28,7 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# run as a script, sys.path[0] is benchmarks/: generation.py's helpers import as a sibling
-import generation  # noqa: E402  (the same data, split and metrics)
+import _common  # noqa: E402  (the same data and split as generation.py)
 import numpy as np
 import pandas as pd
 import scvi
@@ -105,8 +104,8 @@ def network_speed(device: str, steps: int) -> pd.DataFrame:
 
 
 def quality(args) -> pd.DataFrame:
-    adata, _ = generation.load("pbmc3k")
-    train, test = generation.split(adata)
+    adata, _ = _common.load("pbmc3k")
+    train, test = _common.split(adata)
     sizes = {k: int(v) for k, v in test.obs["cell_type"].value_counts().items() if v > 0}
     big = [k for k, v in adata.obs["cell_type"].value_counts().items() if v >= 100]
     scvi.settings.seed = 0

@@ -453,6 +453,32 @@ def test_edit_metrics_known_answers():
         M.r2_mean(pred, stim, ["nope"])
 
 
+def test_perturbation_metrics_known_answers():
+    """DE-gene overlap, fold-change agreement and the discriminator separate a fresh sample of
+    the target from the unedited cells; the split-half ceiling sits beside each metric."""
+    ctrl, stim, pred, planted = _edit_data()
+    kw = {"n_degs": 10, "n_estimators": 100}
+    good = M.evaluate_edit(pred, stim, ctrl, ceiling=True, **kw).set_index("metric")
+    ident = M.evaluate_edit(ctrl, stim, ctrl, **kw).set_index("metric")["value"]
+    value = good["value"]
+    # the ten planted genes are the significant real DEGs; a fresh sample recovers them
+    assert value["n_real_degs_fdr"] >= 10
+    assert (
+        value["deg_overlap_top10"] >= 0.9 and value["deg_overlap_fdr"] > ident["deg_overlap_fdr"]
+    )
+    assert value["lfc_spearman"] > 0.8 and value["lfc_sign_agreement"] == pytest.approx(1.0)
+    assert ident["deg_overlap_top10"] <= 0.3 and ident["lfc_sign_agreement"] < 0.8
+    assert np.isnan(ident["lfc_spearman"])  # no change at all: no correlation
+    # a classifier tells control from stimulated cells, not two samples of the target
+    assert value["discriminator_auc"] < 0.75 < ident["discriminator_auc"]
+    assert value["mmd_rbf"] < ident["mmd_rbf"]
+    # the ceiling: one half of the real target against the other
+    assert good["ceiling"].notna().all()
+    assert good.loc["discriminator_auc", "ceiling"] < 0.9
+    assert good.loc["deg_overlap_top10", "ceiling"] >= 0.9
+    assert "ceiling" not in ident.index
+
+
 def test_metrics_keep_the_callers_torch_threads():
     """numba / scikit-learn thread pools must not change torch's thread count behind the
     caller's back (it made later training 20x slower on a busy 2-core machine)."""

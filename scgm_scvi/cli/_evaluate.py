@@ -38,6 +38,8 @@ SUMMARY_METRICS = (
     "r2_mean_top_degs",
     "pearson_delta_top_degs",
     "e_distance_top_degs",
+    "deg_overlap_top100",
+    "discriminator_auc",
 )
 
 

@@ -14,6 +14,7 @@ from anndata import AnnData
 from scipy import stats
 
 from ._distances import energy_distance
+from ._perturbation import distribution_rows, perturbation_rows
 from ._utils import (
     Matrix,
     align_genes,
@@ -208,6 +209,8 @@ def evaluate_edit(
     rank_by: Literal["score", "abs_score"] = "score",
     max_cells: int | None = 5000,
     seed: int = 0,
+    n_estimators: int = 1000,
+    ceiling: bool = False,
 ) -> pd.DataFrame:
     """All editing metrics of the evaluation protocol for one held-out cell type.
 
@@ -220,7 +223,13 @@ def evaluate_edit(
       ``2 ||mean difference||^2``) between edited and real target cells on the log1p(CP10k) of
       the top DEGs; lower is better;
     - ``energy_distance_top_degs``: the same with Euclidean distances (pertpy >= 2025 default),
-      which also sees differences in spread.
+      which also sees differences in spread;
+    - the perturbation field's DE metrics (cell-eval): ``n_real_degs_fdr``,
+      ``deg_overlap_fdr``, ``deg_overlap_top{n_degs}``, ``lfc_spearman``,
+      ``lfc_sign_agreement`` (DEGs significant at FDR 0.05 ranked by absolute log fold change;
+      see the evaluation page of the documentation);
+    - ``discriminator_auc`` (edited vs real target cells, protocol G2's forest; 0.5 ideal) and
+      ``mmd_rbf`` (in 30 PCs fit on the real target cells).
 
     The DEGs (Wilcoxon, real target vs control) are stored in ``result.attrs["degs"]``.
 
@@ -243,11 +252,16 @@ def evaluate_edit(
     max_cells
         Subsampling cap of the E-distances (seeded).
     seed
-        Seed of that subsampling.
+        Seed of that subsampling, of the discriminator and of the split halves.
+    n_estimators
+        Trees of the discriminator's random forest (protocol: 1000).
+    ceiling
+        Add a column ``ceiling``: each metric for one random half of the real target cells
+        "edited" against the other half (the best an edit can be expected to score).
 
     Returns
     -------
-    Tidy frame with columns ``metric``, ``value``.
+    Tidy frame with columns ``metric``, ``value`` (and ``ceiling``).
     """
     for name, a in (("edited", edited), ("real_target", real_target), ("control", control)):
         check_adata(a, name)
@@ -257,16 +271,42 @@ def evaluate_edit(
         "real": _lognorm(real_target, genes, layer, "real_target"),
         "control": _lognorm(control, genes, layer, "control"),
     }
+    if real_target.n_obs < 2 or control.n_obs < 2:
+        raise ValueError("DEGs need at least 2 real target and 2 control cells.")
+    X_real = get_matrix(real_target, genes, layer, "real_target")
+    settings = {"n_degs": n_degs, "rank_by": rank_by, "max_cells": max_cells, "seed": seed}
+    settings["n_estimators"] = n_estimators
+    rows, degs = _edit_rows(L["edited"], L["real"], L["control"], X_real, genes, degs, settings)
+    out = pd.DataFrame(rows, columns=["metric", "value"])
+    if ceiling:
+        if real_target.n_obs < 4:
+            raise ValueError("The split-half ceiling needs at least 4 real target cells.")
+        half = np.random.default_rng(seed).permutation(real_target.n_obs)
+        a, b = np.sort(half[: len(half) // 2]), np.sort(half[len(half) // 2 :])
+        rows_c, _ = _edit_rows(
+            L["real"][a], L["real"][b], L["control"], X_real[b], genes, None, settings
+        )
+        out["ceiling"] = out["metric"].map(dict(rows_c))
+    out.attrs["degs"] = list(degs)
+    return out
+
+
+def _edit_rows(L_edited, L_real, L_control, X_real, genes, degs, settings):
+    """The rows of :func:`evaluate_edit` on log1p(CP10k) matrices; the DEGs used."""
+    n_degs, seed, max_cells = settings["n_degs"], settings["seed"], settings["max_cells"]
     if degs is None:
-        if real_target.n_obs < 2 or control.n_obs < 2:
-            raise ValueError("DEGs need at least 2 real target and 2 control cells.")
-        degs = top_degs_lognorm(L["real"], L["control"], genes, min(n_degs, len(genes)), rank_by)
+        degs = top_degs_lognorm(
+            L_real, L_control, genes, min(n_degs, len(genes)), settings["rank_by"]
+        )
     deg_idx = genes.get_indexer(_check_genes(degs, genes, "the shared genes"))
-    means = {k: col_mean_var(v)[0] for k, v in L.items()}
+    means = {
+        k: col_mean_var(v)[0]
+        for k, v in (("edited", L_edited), ("real", L_real), ("control", L_control))
+    }
     delta_pred = means["edited"] - means["control"]
     delta_real = means["real"] - means["control"]
-    x_ed = to_dense(L["edited"][:, deg_idx])
-    x_real = to_dense(L["real"][:, deg_idx])
+    x_ed = to_dense(L_edited[:, deg_idx])
+    x_real = to_dense(L_real[:, deg_idx])
     rows = [
         ("r2_mean_all", _pearson(means["edited"], means["real"]) ** 2),
         ("r2_mean_top_degs", _pearson(means["edited"][deg_idx], means["real"][deg_idx]) ** 2),
@@ -280,9 +320,12 @@ def evaluate_edit(
             energy_distance(x_ed, x_real, squared=False, max_cells=max_cells, seed=seed),
         ),
     ]
-    out = pd.DataFrame(rows, columns=["metric", "value"])
-    out.attrs["degs"] = list(degs)
-    return out
+    rows += perturbation_rows(L_edited, L_real, L_control, genes, n_degs)
+    rows += distribution_rows(
+        X_real, L_edited, L_real, genes, n_estimators=settings["n_estimators"],
+        max_cells=max_cells, seed=seed,
+    )  # fmt: skip
+    return rows, degs
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,8 +8,6 @@ from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
-import scanpy as sc
-import scipy.sparse as sp
 from anndata import AnnData
 
 from ._distances import frechet_distance, mmd_linear, mmd_rbf, wasserstein
@@ -17,11 +15,12 @@ from ._embedding import fit_reference_embedding
 from ._realism import (
     ALL,
     LabelClassifier,
-    discriminator_auc,
     gene_stat_correlation,
     library_size_stats,
     nearest_train_distance,
     novelty_stats,
+    pooled_rf_auc,
+    safe_discriminator_auc,
     zero_fraction_stats,
 )
 from ._utils import (
@@ -262,9 +261,11 @@ def _g2_rows(groups, L, hvg_idx, n_pcs, n_estimators, seed, n_jobs):
             col_mean_var(L["real"][mr])[0], col_mean_var(L["generated"][mg])[0]
         )
         rows += [(g, "scc", corr["spearman"], "G2"), (g, "pcc", corr["pearson"], "G2")]
-        auc = _safe_auc(H["real"][mr], H["generated"][mg], "knn", seed=seed, n_jobs=n_jobs)
+        auc = safe_discriminator_auc(
+            H["real"][mr], H["generated"][mg], "knn", seed=seed, n_jobs=n_jobs
+        )
         rows.append((g, "knn_auc", auc, "G2"))
-    rows.append((ALL, "rf_auc", _rf_auc(L, n_pcs, n_estimators, seed, n_jobs), "G2"))
+    rows.append((ALL, "rf_auc", pooled_rf_auc(L, n_pcs, n_estimators, seed, n_jobs), "G2"))
     return rows
 
 
@@ -379,28 +380,3 @@ def _g1_rows(g, er, eg, max_cells, seed) -> list[tuple[str, str, float, str]]:
         (g, "mmd_linear", mmd_linear(er, eg), "G1"),
         (g, "mmd_rbf", mmd_rbf(er, eg, max_cells=max_cells, seed=seed), "G1"),
     ]
-
-
-def _safe_auc(xr, xg, method, **kwargs) -> float:
-    """Discriminator AUC, or NaN (with a warning) when a group is too small to split."""
-    try:
-        return discriminator_auc(xr, xg, method, **kwargs)
-    except ValueError as err:
-        warnings.warn(f"Discriminator AUC skipped: {err}", UserWarning, stacklevel=3)
-        return float("nan")
-
-
-def _rf_auc(L, n_pcs, n_estimators, seed, n_jobs) -> float:
-    """Protocol G2's forest: PCA of the pooled log1p(CP10k) cells, then the held-out AUC."""
-    if sp.issparse(L["real"]) or sp.issparse(L["generated"]):
-        pooled = sp.vstack([sp.csr_matrix(L["real"]), sp.csr_matrix(L["generated"])], "csr")
-    else:
-        pooled = np.vstack([L["real"], L["generated"]])
-    n_pcs = min(n_pcs, min(pooled.shape) - 1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pcs = sc.pp.pca(pooled, n_comps=n_pcs, svd_solver="arpack", random_state=seed)
-    n_r = L["real"].shape[0]
-    return _safe_auc(
-        pcs[:n_r], pcs[n_r:], "rf", n_estimators=n_estimators, seed=seed, n_jobs=n_jobs
-    )

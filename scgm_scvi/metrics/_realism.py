@@ -7,6 +7,8 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import scanpy as sc
+import scipy.sparse as sp
 from anndata import AnnData
 from scipy import stats
 from sklearn.ensemble import RandomForestClassifier
@@ -531,3 +533,29 @@ def _paired_counts(real, generated, layer, generated_layer) -> tuple[Matrix, Mat
 def paired_lognorm(real, generated, layer, generated_layer) -> tuple[Matrix, Matrix]:
     Xr, Xg = _paired_counts(real, generated, layer, generated_layer)
     return log1p_cp10k(Xr), log1p_cp10k(Xg)
+
+
+def safe_discriminator_auc(xr, xg, method, **kwargs) -> float:
+    """Discriminator AUC, or NaN (with a warning) when a group is too small to split."""
+    try:
+        return discriminator_auc(xr, xg, method, **kwargs)
+    except ValueError as err:
+        warnings.warn(f"Discriminator AUC skipped: {err}", UserWarning, stacklevel=3)
+        return float("nan")
+
+
+def pooled_rf_auc(L, n_pcs, n_estimators, seed, n_jobs) -> float:
+    """Protocol G2's forest: PCA of the pooled log1p(CP10k) cells ``L["real"]`` and
+    ``L["generated"]``, then the held-out AUC."""
+    if sp.issparse(L["real"]) or sp.issparse(L["generated"]):
+        pooled = sp.vstack([sp.csr_matrix(L["real"]), sp.csr_matrix(L["generated"])], "csr")
+    else:
+        pooled = np.vstack([L["real"], L["generated"]])
+    n_pcs = min(n_pcs, min(pooled.shape) - 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pcs = sc.pp.pca(pooled, n_comps=n_pcs, svd_solver="arpack", random_state=seed)
+    n_r = L["real"].shape[0]
+    return safe_discriminator_auc(
+        pcs[:n_r], pcs[n_r:], "rf", n_estimators=n_estimators, seed=seed, n_jobs=n_jobs
+    )
