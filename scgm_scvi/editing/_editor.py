@@ -27,6 +27,7 @@ from scgm_scvi.samplers import (
     Sampler,
     check_guidance_interval,
     check_sampler,
+    chunk_generator,
     classifier_free_guidance,
     gene_guidance,
     plan_reverse,
@@ -173,8 +174,10 @@ class SCGEditor:
             Edited cells per source cell (for uncertainty); ``"ode"`` and ``"latent_shift"`` are
             deterministic in latent space, so their samples differ only in the NB counts.
         seed
-            Random seed of the noise and the NB draws; ``None`` (default) draws from torch's
-            global generator, which ``scvi.settings.seed`` seeds.
+            Random seed of the noise and the NB draws: the same seed and ``batch_size`` give
+            the same cells (one random stream per chunk of cells, as in
+            :meth:`~scgm_scvi.SCGM.generate`); ``None`` (default) draws from torch's global
+            generator, which ``scvi.settings.seed`` seeds.
         reference
             For ``"latent_shift"``: cells whose mean latents give the shift (default: the
             model's training data); an AnnData or a MuData, like ``adata``.
@@ -489,10 +492,6 @@ class SCGEditor:
         gene_idx, gene_target, gene_dir, gene_scale = genes
         lib, batch_index, cat_cond, cont = decoder
         cat_cols = Conditions(self.model.conditions_).covariate_columns
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(int(seed))
         passes = 2 if method == "ode" else 1
         run = ChunkedRun(
             len(x0),
@@ -503,7 +502,8 @@ class SCGEditor:
             device,
         )
         out = []
-        for rows in run:
+        for i, rows in enumerate(run):
+            generator = chunk_generator(seed, i, device)  # as generate: one stream per chunk
             c_tgt = cond_tgt[rows]
             if guidance_reference == "source":
                 c_ref = cond_src[rows]

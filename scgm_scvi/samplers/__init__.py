@@ -7,6 +7,8 @@ from ._driver import (
     ReversePlan,
     Sampler,
     check_sampler,
+    chunk_generator,
+    chunk_seed,
     plan_reverse,
 )
 from ._guidance import (
@@ -32,6 +34,8 @@ __all__ = [
     "ReversePlan",
     "Sampler",
     "check_sampler",
+    "chunk_generator",
+    "chunk_seed",
     "plan_reverse",
     "SAMPLERS",
     "check_guidance_interval",

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 from scgm_scvi._progress import ProgressBar
@@ -87,6 +88,24 @@ def plan_reverse(
     spacing = "karras" if sampler in ODE_SAMPLERS else "uniform"
     ts = sde.time_grid(int(n_steps), t_start=t_start, spacing=spacing, device=device)
     return ReversePlan(sampler, ts)
+
+
+def chunk_seed(seed: int | None, chunk: int, stream: int) -> int | None:
+    """An independent seed per ``(seed, chunk, stream)`` (e.g. stream 0 the latents, 1 the
+    counts), so that a chunk's cells do not depend on the chunks before it."""
+    if seed is None:
+        return None
+    return int(np.random.SeedSequence([seed, chunk, stream]).generate_state(1)[0])
+
+
+def chunk_generator(seed: int | None, chunk: int, device) -> torch.Generator | None:
+    """A generator seeded with :func:`chunk_seed` (stream 0); ``None`` without a seed (the
+    global generator, which ``scvi.settings.seed`` seeds)."""
+    if seed is None:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(chunk_seed(seed, chunk, 0))
+    return generator
 
 
 class ChunkedRun:

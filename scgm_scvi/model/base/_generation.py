@@ -18,6 +18,7 @@ from scgm_scvi._progress import ProgressBar
 from scgm_scvi.samplers import (
     ChunkedRun,
     check_guidance_interval,
+    chunk_seed,
     classifier_free_guidance,
     plan_reverse,
 )
@@ -541,7 +542,7 @@ class GenerationMixin:
                 sampler,
                 n_steps,
                 guidance_scale,
-                _chunk_seed(seed, i, 0),
+                chunk_seed(seed, i, 0),
                 batch_size,
                 progress_bar=run.bar,
                 precision=precision,
@@ -549,9 +550,9 @@ class GenerationMixin:
             )
             if posterior_noise:
                 labels = torch.as_tensor(cond[rows][:, 0], device=z.device)
-                with _seeded(_chunk_seed(seed, i, 2), z.device):
+                with _seeded(chunk_seed(seed, i, 2), z.device):
                     z = self.module.posterior_noise.sample(z, labels)
-            X = self._decode(z, decoder.iloc[rows], "counts", _chunk_seed(seed, i, 1), batch_size)
+            X = self._decode(z, decoder.iloc[rows], "counts", chunk_seed(seed, i, 1), batch_size)
             yield X, z.cpu().numpy()
 
     def _codes_from_names(self, frame: pd.DataFrame) -> np.ndarray:
@@ -574,13 +575,6 @@ class GenerationMixin:
         """Names of the condition codes; categories are those present (as after subsetting
         real cells), so that plots and ``rank_genes_groups`` see no empty groups."""
         return Conditions(self.conditions_).decode_obs(cond)
-
-
-def _chunk_seed(seed: int | None, chunk: int, stream: int) -> int | None:
-    """An independent seed per (seed, chunk, stream), e.g. stream 0 latents, 1 counts."""
-    if seed is None:
-        return None
-    return int(np.random.SeedSequence([seed, chunk, stream]).generate_state(1)[0])
 
 
 def _check_precision(precision: str) -> None:
