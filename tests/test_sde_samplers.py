@@ -306,3 +306,13 @@ def test_classifier_free_guidance_batches_one_call():
     classifier_free_guidance(net, cond, cond + 1, 2.0)(x, torch.tensor(0.5))
     # w = 1: one conditional call; w != 1: conditional and unconditional in one batched call
     assert shapes == [(4, (4,), 4), (8, (8,), 8)]
+
+
+def test_sampler_tables_agree():
+    """The torch-free names the command line offers are the samplers that exist."""
+    from scgm_scvi._names import DEFAULT_STEPS, ODE_SAMPLERS, SAMPLER_NAMES
+    from scgm_scvi.samplers import EVALS_PER_STEP, SAMPLERS
+
+    assert tuple(SAMPLERS) == SAMPLER_NAMES
+    assert set(DEFAULT_STEPS) == set(EVALS_PER_STEP) == set(SAMPLERS)
+    assert set(ODE_SAMPLERS) <= set(SAMPLERS)

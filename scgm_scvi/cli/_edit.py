@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scgm_scvi._names import ODE_SAMPLERS, SAMPLER_NAMES
+
 from ._common import (
     CLIError,
     HelpFormatter,
@@ -34,7 +36,7 @@ from ._common import (
     write_h5ad,
 )
 
-SAMPLERS = ("ode", "ode_euler", "euler_maruyama", "pc")
+SAMPLERS = SAMPLER_NAMES
 
 
 def add_parser(sub) -> None:
@@ -169,8 +171,8 @@ def select_cells(adata, pairs, option: str = "--select"):
 def run(args: argparse.Namespace) -> int:
     """Run ``scgm-scvi edit``."""
     check_out_file(args.out, args.overwrite, (".h5ad",))
-    if args.method == "ode" and args.sampler not in (None, "ode", "ode_euler"):
-        raise CLIError("--method ode needs --sampler ode or ode_euler")
+    if args.method == "ode" and args.sampler not in (None, *ODE_SAMPLERS):
+        raise CLIError(f"--method ode needs --sampler {' or '.join(ODE_SAMPLERS)}")
     data, modality = read_cells(args.input, "INPUT", args.modality)
     cells = rna_view(data, modality)
     del data

@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from scgm_scvi._names import DEFAULT_STEPS, SAMPLER_NAMES
+
 from ._common import (
     CLIError,
     HelpFormatter,
@@ -28,7 +30,7 @@ from ._common import (
     user_error,
 )
 
-SAMPLERS = ("ode", "ode_euler", "euler_maruyama", "pc")
+SAMPLERS = SAMPLER_NAMES
 DEFAULT_N = 1000
 
 
@@ -116,7 +118,9 @@ def _add_generation_options(p) -> None:
         "--n-steps",
         type=positive_int,
         default=None,
-        help="sampler steps (default: ode 25, ode_euler 50, euler_maruyama 500, pc 250)",
+        help="sampler steps (default: "
+        + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items())
+        + ")",
     )
     add_guidance_options(how, "the cell type")
     how.add_argument(

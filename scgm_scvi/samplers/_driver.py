@@ -11,22 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
+from scgm_scvi._names import DEFAULT_STEPS, ODE_SAMPLERS, Sampler  # noqa: F401 - re-exported
 from scgm_scvi._progress import ProgressBar
 from scgm_scvi.sde import VPSDE
 
 from ._samplers import EVALS_PER_STEP, SAMPLERS, StepCallback
-
-Sampler = Literal["ode", "ode_euler", "euler_maruyama", "pc"]
-#: steps of each sampler over the full time range [eps, T]: the ODE reaches its quality in tens
-#: of network evaluations, the stochastic samplers need hundreds
-DEFAULT_STEPS = {"ode": 25, "ode_euler": 50, "euler_maruyama": 500, "pc": 250}
-#: the deterministic samplers (invertible; a Karras time grid suits them)
-ODE_SAMPLERS = ("ode", "ode_euler")
 
 
 def check_sampler(sampler: str, allowed: tuple[str, ...] | None = None, why: str = "") -> str:
