@@ -216,6 +216,22 @@ def workspace(tmp_path_factory):
     return root
 
 
+def test_augment_adds_cells_of_rare_types(workspace, tmp_path, capsys):
+    toy = toy_adata()
+    keep = (toy.obs["cell_type"] != "C").to_numpy() | (np.arange(toy.n_obs) < 30)
+    toy[keep].copy().write_h5ad(tmp_path / "rare.h5ad")  # C: 10 cells
+    out = tmp_path / "aug.h5ad"
+    argv = ["augment", str(workspace / "model"), str(tmp_path / "rare.h5ad"), "--out", str(out)]
+    assert cli.main([*argv, "--min-cells", "50", "--no-progress"]) == 0
+    aug = ad.read_h5ad(out)
+    assert aug.obs["cell_type"].value_counts()["C"] == 50
+    assert aug.obs["synthetic"].sum() == 40
+    assert "wrote 144 real and 40 generated cells" in capsys.readouterr().out
+    bad = [*argv[:-1], str(tmp_path / "b.h5ad"), "--per-type", "D=5"]
+    assert cli.main(bad) == 2
+    assert "unknown cell type 'D'" in one_line_error(capsys)
+
+
 def test_train_writes_a_loadable_model(workspace):
     model_dir = workspace / "model"
     assert (model_dir / "model.pt").is_file()
@@ -531,7 +547,7 @@ def test_evaluate_refuses_normalised_data(workspace, tmp_path, capsys):
     assert "GENERATED X is not raw counts" in one_line_error(capsys)
 
 
-@pytest.mark.parametrize("command", ["train", "generate", "edit", "evaluate", "demo"])
+@pytest.mark.parametrize("command", ["train", "generate", "edit", "evaluate", "augment", "demo"])
 def test_every_command_has_help(command, capsys):
     assert cli.main([command, "--help"]) == 0
     text = capsys.readouterr().out
@@ -541,6 +557,7 @@ def test_every_command_has_help(command, capsys):
         "generate": ["--n", "--cell-type", "--sampler", "--n-steps", "--guidance-scale"],
         "edit": ["--target", "--strength", "--method", "--select", "--guidance-interval"],
         "evaluate": ["--groupby", "--metrics", "--control"],
+        "augment": ["--min-cells", "--per-type", "--synthetic-key"],
         "demo": ["--quick"],
     }[command]:
         assert option in text

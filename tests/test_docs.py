@@ -37,7 +37,8 @@ def html(tmp_path_factory) -> Path:
 
 PAGES = (
     "index", "installation", "getting_started", "tutorials", "concepts", "evaluation",
-    "howto_sampling", "howto_editing", "howto_finetune", "scaling", "saving", "mudata", "cli",
+    "howto_sampling", "howto_editing", "howto_finetune", "howto_augment", "scaling", "saving",
+    "mudata", "cli",
     "api", "benchmarks", "architecture", "citations", "changelog",
 )  # fmt: skip
 

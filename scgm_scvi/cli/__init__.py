@@ -1,4 +1,4 @@
-"""Command-line interface: ``scgm-scvi train | generate | edit | evaluate | demo``.
+"""Command-line interface: ``scgm-scvi train | generate | edit | evaluate | augment | demo``.
 
 Every subcommand lives in its own module with an ``add_parser(sub)`` that registers it and a
 ``run(args) -> int`` that does the work; :func:`main` dispatches and turns bad input into one
@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from . import _demo, _edit, _evaluate, _generate, _train
+from . import _augment, _demo, _edit, _evaluate, _generate, _train
 from ._common import PROG, CLIError, HelpFormatter
 from ._common import prepare_out_dir as _prepare_out_dir  # noqa: F401 (public in 0.1)
 from ._demo import gene_mean_pearson, split_counts, stratified_split
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (_train, _generate, _edit, _evaluate, _demo):
+    for module in (_train, _generate, _edit, _evaluate, _augment, _demo):
         module.add_parser(sub)
     return parser
 

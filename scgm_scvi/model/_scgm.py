@@ -39,7 +39,14 @@ from ._checks import (
     check_cells_and_genes,
     check_counts,
 )
-from .base import EncodingMixin, GenerationMixin, QueryMixin, SaveLoadMixin, TrainingMixin
+from .base import (
+    AugmentMixin,
+    EncodingMixin,
+    GenerationMixin,
+    QueryMixin,
+    SaveLoadMixin,
+    TrainingMixin,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +55,7 @@ class SCGM(
     TrainingMixin,
     GenerationMixin,
     EncodingMixin,
+    AugmentMixin,
     SaveLoadMixin,
     QueryMixin,
     RNASeqMixin,
