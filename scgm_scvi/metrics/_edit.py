@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-import scanpy as sc
-import scipy.sparse as sp
 from anndata import AnnData
 from scipy import stats
 
 from ._distances import energy_distance
-from ._perturbation import distribution_rows, perturbation_rows
+from ._perturbation import distribution_rows, perturbation_rows, wilcoxon_table
 from ._utils import (
     Matrix,
     align_genes,
@@ -180,20 +177,16 @@ def top_degs_lognorm(
     rank_by: Literal["score", "abs_score"] = "score",
 ) -> list[str]:
     """Array-level core of :func:`top_degs` on log1p(CP10k) matrices with columns ``genes``."""
-    X = sp.vstack([sp.csr_matrix(L_stim), sp.csr_matrix(L_control)], format="csr")
-    group = np.r_[np.repeat("stim", L_stim.shape[0]), np.repeat("ctrl", L_control.shape[0])]
-    obs = pd.DataFrame({"group": pd.Categorical(group)}, index=np.arange(len(group)).astype(str))
-    tmp = AnnData(X, obs=obs, var=pd.DataFrame(index=pd.Index(genes, dtype=str)))
-    tmp.uns["log1p"] = {"base": None}  # values are natural-log log1p, as scanpy assumes
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scanpy's notes on fragmented frames etc.
-        sc.tl.rank_genes_groups(
-            tmp, "group", groups=["stim"], reference="ctrl", method="wilcoxon", key_added="rgg"
-        )
-    df = sc.get.rank_genes_groups_df(tmp, group="stim", key="rgg")
+    return _ranked_names(wilcoxon_table(L_stim, L_control, genes), n, rank_by)
+
+
+def _ranked_names(table: pd.DataFrame, n: int, rank_by: str) -> list[str]:
+    """The top ``n`` genes of a :func:`wilcoxon_table`: by score (scanpy's order) or |score|."""
     if rank_by == "abs_score":
-        df = df.reindex(df["scores"].abs().sort_values(ascending=False, kind="stable").index)
-    return [str(g) for g in df["names"].iloc[:n]]
+        table = table.reindex(
+            table["scores"].abs().sort_values(ascending=False, kind="stable").index
+        )
+    return [str(g) for g in table.index[:n]]
 
 
 @keep_torch_threads()
@@ -294,10 +287,9 @@ def evaluate_edit(
 def _edit_rows(L_edited, L_real, L_control, X_real, genes, degs, settings):
     """The rows of :func:`evaluate_edit` on log1p(CP10k) matrices; the DEGs used."""
     n_degs, seed, max_cells = settings["n_degs"], settings["seed"], settings["max_cells"]
+    real_table = wilcoxon_table(L_real, L_control, genes)  # the real response, tested once
     if degs is None:
-        degs = top_degs_lognorm(
-            L_real, L_control, genes, min(n_degs, len(genes)), settings["rank_by"]
-        )
+        degs = _ranked_names(real_table, min(n_degs, len(genes)), settings["rank_by"])
     deg_idx = genes.get_indexer(_check_genes(degs, genes, "the shared genes"))
     means = {
         k: col_mean_var(v)[0]
@@ -320,7 +312,7 @@ def _edit_rows(L_edited, L_real, L_control, X_real, genes, degs, settings):
             energy_distance(x_ed, x_real, squared=False, max_cells=max_cells, seed=seed),
         ),
     ]
-    rows += perturbation_rows(L_edited, L_real, L_control, genes, n_degs)
+    rows += perturbation_rows(L_edited, L_control, genes, real_table, n_degs)
     rows += distribution_rows(
         X_real, L_edited, L_real, genes, n_estimators=settings["n_estimators"],
         max_cells=max_cells, seed=seed,

@@ -51,9 +51,11 @@ def ranked_degs(table: pd.DataFrame, fdr: float = FDR) -> tuple[list[str], int]:
 
 
 def perturbation_rows(
-    L_edited: Matrix, L_real: Matrix, L_control: Matrix, genes: pd.Index, n: int = 100
+    L_edited: Matrix, L_control: Matrix, genes: pd.Index, real: pd.DataFrame, n: int = 100
 ) -> list[tuple[str, float]]:
     """DE-gene overlap, and agreement of log fold changes on the real DEGs.
+
+    ``real`` is the :func:`wilcoxon_table` of the real target cells against the control cells.
 
     - ``n_real_degs_fdr``: real DEGs (target vs control) significant at FDR 0.05;
     - ``deg_overlap_fdr`` / ``deg_overlap_top{n}``: the share of the real top-N DEGs found among
@@ -63,7 +65,6 @@ def perturbation_rows(
       fold changes on the significant real DEGs (the real top ``n`` if fewer than 3 are
       significant), and the share of them whose change has the right sign.
     """
-    real = wilcoxon_table(L_real, L_control, genes)
     edited = wilcoxon_table(L_edited, L_control, genes)
     real_rank, n_sig = ranked_degs(real)
     edited_rank, _ = ranked_degs(edited)

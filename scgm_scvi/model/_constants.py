@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-from scgm_scvi.samplers import DEFAULT_STEPS, Sampler  # noqa: F401 - re-exported
-
 Precision = Literal["32-true", "bf16-mixed"]  # Lightning's names
 # fewer cells fail inside scvi-tools' data splitter (no training minibatch)
 MIN_TRAIN_CELLS = 3

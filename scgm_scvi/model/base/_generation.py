@@ -14,6 +14,7 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
+from scgm_scvi._names import Sampler
 from scgm_scvi._progress import ProgressBar
 from scgm_scvi.samplers import (
     ChunkedRun,
@@ -39,10 +40,7 @@ from .._conditions import (
     continuous_column,
     encode_names,
 )
-from .._constants import (
-    Precision,
-    Sampler,
-)
+from .._constants import Precision
 from .._stream import H5ADStreamWriter, stack_rows
 
 logger = logging.getLogger(__name__)
