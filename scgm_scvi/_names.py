@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-Sampler = Literal["ode", "ode_euler", "euler_maruyama", "pc"]
-SAMPLER_NAMES: tuple[str, ...] = ("ode", "ode_euler", "euler_maruyama", "pc")
+Sampler = Literal["ode", "ode_euler", "euler_maruyama", "pc", "dpmpp_2m"]
+SAMPLER_NAMES: tuple[str, ...] = ("ode", "ode_euler", "euler_maruyama", "pc", "dpmpp_2m")
 #: steps of each sampler over the full time range [eps, T]: the ODE reaches its quality in tens
 #: of network evaluations, the stochastic samplers need hundreds
-DEFAULT_STEPS = {"ode": 25, "ode_euler": 50, "euler_maruyama": 500, "pc": 250}
+DEFAULT_STEPS = {
+    "ode": 25, "ode_euler": 50, "euler_maruyama": 500, "pc": 250, "dpmpp_2m": 10,
+}  # fmt: skip
 #: the deterministic samplers (invertible; a Karras time grid suits them)
-ODE_SAMPLERS: tuple[str, ...] = ("ode", "ode_euler")
+ODE_SAMPLERS: tuple[str, ...] = ("ode", "ode_euler", "dpmpp_2m")

@@ -143,6 +143,9 @@ def test_ode_deterministic_and_invertible(editor, source):
     assert err < 0.05
     with pytest.raises(ValueError, match="ODE sampler"):
         editor.edit(source, {"condition": "stim"}, method="ode", sampler="euler_maruyama")
+    # DPM-Solver++ inverts too
+    back = editor.edit(source, {"condition": "ctrl"}, sampler="dpmpp_2m", **kw)
+    assert _std_dist(editor.model, back.obsm["X_scgm_edited"], z_src) < 0.05
 
 
 def test_gene_guidance_direction(trained, editor, source):

@@ -368,7 +368,7 @@ def test_generate_each_sampler(trained, sampler):
     model, _ = trained
     g = model.generate(n=16, cell_type="label_2", sampler=sampler, n_steps=8, seed=1)
     assert_generated(g, model, 16)
-    evals = {"ode": 2, "ode_euler": 1, "euler_maruyama": 1, "pc": 2}[sampler]
+    evals = {"ode": 2, "ode_euler": 1, "euler_maruyama": 1, "pc": 2, "dpmpp_2m": 1}[sampler]
     assert g.uns["scgm"] == {
         "sampler": sampler,
         "n_steps": 8,

@@ -111,6 +111,7 @@ def _add_generation_options(p) -> None:
         default="ode",
         help=(
             "ode: probability-flow ODE, Heun (default); ode_euler: first order (DDIM-like); "
+            "dpmpp_2m: DPM-Solver++(2M), 10 steps; "
             "euler_maruyama: reverse SDE; pc: predictor-corrector"
         ),
     )

@@ -150,7 +150,7 @@ class SCGEditor:
         sampler
             Reverse-process sampler, as in :meth:`~scgm_scvi.SCGM.generate`. Default:
             ``"euler_maruyama"`` for ``"sdedit"`` and ``"ode"`` (Heun) for ``"ode"``, which only
-            accepts the deterministic ``"ode"`` and ``"ode_euler"``.
+            accepts the deterministic ``"ode"``, ``"ode_euler"`` and ``"dpmpp_2m"``.
         n_steps
             Steps from ``t0`` down to ``eps``; default: the sampler's default density over the
             full time range scaled by ``strength`` (e.g. 250 Euler-Maruyama steps at 0.5).

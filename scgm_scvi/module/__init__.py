@@ -11,10 +11,11 @@ from ._scgm_module import (
     SCGMModule,
     ScoreBaseline,
 )
-from ._score_net import ScoreNetwork
+from ._score_net import ConditionGroups, ScoreNetwork, condition_groups
 
 __all__ = [
     "COND_KEY",
+    "ConditionGroups",
     "DiffusionTarget",
     "LabelGaussians",
     "LatentScaling",
@@ -24,4 +25,5 @@ __all__ = [
     "ScoreNetwork",
     "Z_LOC_KEY",
     "Z_SCALE_KEY",
+    "condition_groups",
 ]

@@ -104,16 +104,26 @@ class LabelGaussians(nn.Module):
             self.rest_var[c] = (lam[:-k].mean() if k < d else lam[0]).to(self.rest_var)
 
     def eps(
-        self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor
+        self,
+        x: torch.Tensor,
+        alpha: torch.Tensor,
+        sigma: torch.Tensor,
+        labels: torch.Tensor,
+        groups=None,
     ) -> torch.Tensor:
         """Exact noise prediction of each cell's label Gaussian at ``x_t``.
 
         ``alpha``, ``sigma`` are the marginal coefficients per cell, ``(n,)``; ``labels`` the
-        label codes (``n_labels`` = all cells). Float32 even under autocast: at high noise the
-        result is almost ``x`` and the network adds a small correction to it.
+        label codes (``n_labels`` = all cells). With ``groups``
+        (:class:`~scgm_scvi.module.ConditionGroups` of the cells, which then share one time)
+        the cells of each label go through one dense product; without, each cell gathers its
+        label's basis. Float32 even under autocast: at high noise the result is almost ``x``
+        and the network adds a small correction to it.
         """
         with torch.autocast(x.device.type, enabled=False):
             x = x.float()
+            if groups is not None:
+                return self._eps_by_label(x, alpha[0].float(), sigma[0].float(), groups)
             bases = self.basis.permute(2, 0, 1)  # (labels, d, k): a gather gives (n, d, k)
             out = []
             for rows in torch.split(torch.arange(len(x), device=x.device), self.CHUNK):
@@ -126,3 +136,14 @@ class LabelGaussians(nn.Module):
                 proj = torch.bmm(r[:, None, :], basis)[:, 0]
                 out.append(iso * r + torch.bmm((top * proj)[:, None, :], basis.mT)[:, 0])
             return torch.cat(out)
+
+    def _eps_by_label(self, x, a, s, groups) -> torch.Tensor:
+        """:meth:`eps` for cells sharing one time, one label at a time."""
+        out = torch.empty_like(x)
+        for lab, rows in zip(groups.labels, torch.split(groups.order, groups.counts), strict=True):
+            r = x[rows] - a * self.mean[:, lab]
+            iso = s / (a**2 * self.rest_var[lab] + s**2)
+            top = s / (a**2 * self.top_var[:, lab] + s**2) - iso
+            basis = self.basis[:, :, lab]
+            out[rows] = iso * r + ((r @ basis) * top) @ basis.T
+        return out

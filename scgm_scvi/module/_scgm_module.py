@@ -17,7 +17,7 @@ from scgm_scvi.sde import VPSDE
 
 from ._gaussian import LabelGaussians
 from ._posterior_noise import PosteriorNoise
-from ._score_net import ScoreNetwork
+from ._score_net import ConditionGroups, ScoreNetwork
 
 # keys of the stage-2 minibatches built by :class:`scgm_scvi.data.LatentDataModule`
 Z_LOC_KEY = "z_loc"
@@ -267,15 +267,27 @@ class SCGMModule(VAE):
             out[:, j] = self.condition_sizes[j]
         return out
 
-    def baseline_eps(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def baseline_eps(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        groups: ConditionGroups | None = None,
+    ) -> torch.Tensor:
         """The closed-form part of the noise prediction: the exact ``eps`` of each cell's
         cell-type Gaussian (``score_baseline="gaussian"``) or of ``N(0, I)`` (``sigma x``)."""
         alpha, sigma = self.sde.marginal(t)
         if self.gaussians is None:
             return sigma[:, None] * x
-        return self.gaussians.eps(x, alpha, sigma, cond[:, 0])
+        return self.gaussians.eps(x, alpha, sigma, cond[:, 0], groups)
 
-    def eps(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def eps(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        groups: ConditionGroups | None = None,
+    ) -> torch.Tensor:
         """Predicted noise at standardised latent ``x``, time ``t`` (shape ``(n,)``).
 
         ``eps = baseline + alpha * network``. With the ``N(0, I)`` baseline this is velocity
@@ -283,9 +295,13 @@ class SCGMModule(VAE):
         The factor ``alpha`` damps network errors at high noise; with plain noise prediction
         they are multiplied by ``sigma / alpha`` (about 150 at ``t = T``) in the ODE and the
         samples blow up.
+
+        ``groups`` (:func:`~scgm_scvi.module.condition_groups` of ``cond``, for cells that share
+        one time, as in sampling) makes the same computation cheaper.
         """
         alpha, _ = self.sde.marginal(t)
-        return self.baseline_eps(x, t, cond) + alpha[:, None] * self.score_net(x, t, cond)
+        baseline = self.baseline_eps(x, t, cond, groups)
+        return baseline + alpha[:, None] * self.score_net(x, t, cond, groups)
 
     def diffusion_loss(self, tensors: dict[str, torch.Tensor]) -> LossOutput:
         """Denoising score-matching loss of :meth:`eps`, uniform time.

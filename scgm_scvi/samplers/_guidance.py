@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import torch
 
+from scgm_scvi.module._score_net import condition_groups
+
 from ._samplers import EpsFn
 
 
@@ -32,11 +34,15 @@ def classifier_free_guidance(
     data. The switch is a tensor operation on ``t``, so there is no host synchronisation; both
     predictions are computed at every step.
 
+    The cells' distinct condition rows are found once here
+    (:func:`~scgm_scvi.module.condition_groups`, one host synchronisation), not at every step.
+
     Parameters
     ----------
     net_fn
-        ``net_fn(x, t, cond) -> eps`` with ``t`` of shape ``(n,)`` and integer ``cond`` of shape
-        ``(n, n_conditions)``.
+        ``net_fn(x, t, cond, groups) -> eps`` with ``t`` of shape ``(n,)`` (one time for all
+        cells), integer ``cond`` of shape ``(n, n_conditions)`` and ``groups`` its
+        :class:`~scgm_scvi.module.ConditionGroups`.
     cond
         Condition codes of the cells being sampled.
     null_cond
@@ -47,12 +53,15 @@ def classifier_free_guidance(
         ``(t_lo, t_hi)`` in units of the SDE's time, or ``None`` for guidance at every time.
     """
     if guidance_scale == 1.0:
-        return lambda x, t: net_fn(x, t.expand(x.shape[0]), cond)
+        groups = condition_groups(cond)
+        return lambda x, t: net_fn(x, t.expand(x.shape[0]), cond, groups)
     both = torch.cat([cond, null_cond])
+    groups = condition_groups(both)
     lo, hi = check_guidance_interval(interval)
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        eps_c, eps_u = net_fn(torch.cat([x, x]), t.expand(2 * x.shape[0]), both).chunk(2)
+        xx, tt = torch.cat([x, x]), t.expand(2 * x.shape[0])
+        eps_c, eps_u = net_fn(xx, tt, both, groups).chunk(2)
         w = guidance_scale
         if interval is not None:  # w inside [lo, hi], 1 outside, without leaving the device
             w = 1.0 + (guidance_scale - 1.0) * ((t >= lo) & (t <= hi)).to(eps_c.dtype)

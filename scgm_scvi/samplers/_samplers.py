@@ -202,11 +202,53 @@ def sample_ode_euler(
     return alpha[-1] * y
 
 
+def sample_dpmpp_2m(
+    eps_fn: EpsFn,
+    sde: VPSDE,
+    x: torch.Tensor,
+    ts: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Probability-flow ODE with DPM-Solver++(2M) steps (Lu et al. 2022, arXiv 2211.01095).
+
+    An exponential integrator in the half log signal-to-noise ratio
+    ``lambda = log(alpha / sigma)``: the linear part of the ODE is solved exactly, and the
+    denoised estimate ``x0 = (x - sigma eps) / alpha`` is extrapolated linearly from the
+    previous step (multistep), so each step costs one network evaluation and is second order.
+    It is accurate with about ten evaluations, where Heun's steps need several tens.
+
+    Parameters
+    ----------
+    eps_fn, sde, x, ts, callback
+        As in :func:`sample_euler_maruyama`; ``ts`` may also be increasing (inversion).
+    generator
+        Unused (the ODE is deterministic); accepted so that all samplers share one signature.
+    """
+    alpha, sigma = sde.marginal(ts)
+    lam = torch.log(alpha) - torch.log(sigma)
+    x0_prev, h_prev = None, None
+    for i in range(len(ts) - 1):
+        x0 = (x - sigma[i] * eps_fn(x, ts[i])) / alpha[i]
+        h = lam[i + 1] - lam[i]
+        if x0_prev is None:
+            d = x0
+        else:  # linear extrapolation of x0 in lambda, to the middle of the step
+            r = h_prev / h
+            d = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
+        x = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * torch.expm1(-h) * d
+        x = _after_step(callback, i, ts[i + 1], x)
+        x0_prev, h_prev = x0, h
+    return x
+
+
 SAMPLERS = {
     "ode": sample_ode_heun,
     "ode_euler": sample_ode_euler,
     "euler_maruyama": sample_euler_maruyama,
     "pc": sample_predictor_corrector,
+    "dpmpp_2m": sample_dpmpp_2m,
 }
 # network evaluations per step (Heun: two; PC: one predictor + one corrector by default)
-EVALS_PER_STEP = {"ode": 2, "ode_euler": 1, "euler_maruyama": 1, "pc": 2}
+EVALS_PER_STEP = {"ode": 2, "ode_euler": 1, "euler_maruyama": 1, "pc": 2, "dpmpp_2m": 1}

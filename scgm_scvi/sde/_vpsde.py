@@ -95,20 +95,24 @@ class VPSDE:
 
         ``spacing="uniform"`` is Song et al.'s grid; ``"karras"`` spaces the noise-to-signal ratio
         as in Karras et al. (2022) with exponent ``rho``, which puts the steps where the ODE bends
-        and makes few-step ODE sampling accurate.
+        and makes few-step ODE sampling accurate; ``"logsnr"`` spaces ``log(alpha / sigma)``
+        evenly, the grid of DPM-Solver's exponential integrators.
         """
         t_start = self.T if t_start is None else t_start
         if spacing == "uniform":
             return torch.linspace(t_start, self.eps, n_steps + 1, device=device)
+        if spacing not in ("karras", "logsnr"):
+            raise ValueError(f"spacing must be 'uniform', 'karras' or 'logsnr', got {spacing!r}.")
+        hi = self.nsr(torch.tensor(t_start, dtype=torch.float64))
+        lo = self.nsr(torch.tensor(self.eps, dtype=torch.float64))
+        ramp = torch.linspace(0, 1, n_steps + 1, dtype=torch.float64)
         if spacing == "karras":
-            hi = self.nsr(torch.tensor(t_start, dtype=torch.float64))
-            lo = self.nsr(torch.tensor(self.eps, dtype=torch.float64))
-            ramp = torch.linspace(0, 1, n_steps + 1, dtype=torch.float64)
             s = (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
-            t = self.t_from_nsr(s).clamp(self.eps, t_start)
-            t[0], t[-1] = t_start, self.eps
-            return t.to(device=device, dtype=torch.float32)
-        raise ValueError(f"spacing must be 'uniform' or 'karras', got {spacing!r}.")
+        else:  # log(alpha / sigma) = -log(nsr), evenly spaced
+            s = torch.exp(hi.log() + ramp * (lo.log() - hi.log()))
+        t = self.t_from_nsr(s).clamp(self.eps, t_start)
+        t[0], t[-1] = t_start, self.eps
+        return t.to(device=device, dtype=torch.float32)
 
     def __repr__(self) -> str:
         return f"VPSDE(beta_min={self.beta_min}, beta_max={self.beta_max}, T={self.T})"

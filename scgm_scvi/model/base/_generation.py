@@ -155,7 +155,8 @@ class GenerationMixin:
             ``(n, n_conditions)`` in the column order of ``model.conditions_["columns"]``.
         sampler
             ``"ode"`` (probability-flow ODE, Heun; deterministic), ``"ode_euler"`` (DDIM-like),
-            ``"euler_maruyama"`` (reverse SDE) or ``"pc"`` (predictor-corrector).
+            ``"dpmpp_2m"`` (DPM-Solver++(2M), few steps), ``"euler_maruyama"`` (reverse SDE)
+            or ``"pc"`` (predictor-corrector).
         n_steps
             Time steps; default per sampler (25 for the ODE, i.e. 50 network evaluations).
         guidance_scale
