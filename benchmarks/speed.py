@@ -11,7 +11,8 @@ Measured in one run, on this machine, with ``--threads`` torch threads:
 2. Stage-2 (score network) training throughput in latents/s of ``SCGM.train_diffusion`` at the
    default batch of 64 and at larger batches.
 3. Sampling: seconds and network evaluations (NFE) per 1,000 generated cells for every sampler
-   at its default number of steps and the ODE at 5, 10 and 25 steps, split into latent sampling
+   at its default number of steps, the Heun ODE at 5, 10 and 25 steps and DPM-Solver++(2M) at
+   6 and 15 steps, split into latent sampling
    (``sample_latent``) and decoding + NB sampling (``decode_latent``).
 4. Peak resident memory (``VmHWM``, reset before the call) of a fresh process that loads the
    saved model and generates n cells with ``batch_size=2048``, for two n, next to the size of
@@ -62,9 +63,12 @@ SAMPLING_CONFIGS = [  # (sampler, n_steps); None = the sampler's default
     ("ode_euler", None),
     ("euler_maruyama", None),
     ("pc", None),
+    ("dpmpp_2m", None),
     ("ode", 5),
     ("ode", 10),
     ("ode", 25),
+    ("dpmpp_2m", 6),
+    ("dpmpp_2m", 15),
 ]
 
 
@@ -358,7 +362,7 @@ def main(argv=None):
     samp_rows = []
     for sampler, n_steps in SAMPLING_CONFIGS:
         row = sampling_speed(scgm_pbmc, args.sample_cells, sampler, n_steps)
-        row = {"config": "default steps" if n_steps is None else "ODE step sweep", **row}
+        row = {"config": "default steps" if n_steps is None else "step sweep", **row}
         samp_rows.append(row)
         print(
             f"sampling {sampler} {row['n_steps']} steps: "
