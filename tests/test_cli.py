@@ -297,6 +297,20 @@ def test_stage2_choices_match_the_module():
     assert SCORE_BASELINES == get_args(ScoreBaseline)
 
 
+def test_train_and_generate_defaults_match_the_model():
+    """The CLI's defaults are written out (no torch import for ``--help``): keep them in step
+    with the model's."""
+    import inspect
+
+    parser = cli.build_parser()
+    train = parser.parse_args(["train", "a.h5ad", "--out", "o"])
+    gen = parser.parse_args(["generate", "m", "--out", "o.h5ad"])
+    assert train.diffusion_batch_size == (
+        inspect.signature(scgm_scvi.SCGM.train_diffusion).parameters["batch_size"].default
+    )
+    assert gen.sampler == inspect.signature(scgm_scvi.SCGM.generate).parameters["sampler"].default
+
+
 def test_train_refuses_to_overwrite(workspace, capsys):
     before = {p.name: p.stat().st_mtime_ns for p in (workspace / "model").iterdir()}
     argv = ["train", str(workspace / "toy.h5ad"), "--out", str(workspace / "model")]
@@ -349,7 +363,7 @@ def test_generate_counts_per_type(workspace):
     assert sp.issparse(generated.X) and generated.X.format == "csr"
     np.testing.assert_array_equal(generated.X.data, np.round(generated.X.data))
     assert list(generated.var_names) == [f"g{i}" for i in range(100)]
-    assert generated.uns["scgm"]["seed"] == 4 and generated.uns["scgm"]["sampler"] == "ode"
+    assert generated.uns["scgm"]["seed"] == 4 and generated.uns["scgm"]["sampler"] == "dpmpp_2m"
     assert generated.uns["scgm"]["posterior_noise"]
     plain = workspace / "gen_plain.h5ad"
     argv = ["generate", str(workspace / "model"), "--out", str(plain), "--no-progress"]

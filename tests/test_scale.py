@@ -159,8 +159,8 @@ def test_checkpoint_resume_both_stages(tmp_path, capsys):
         # a new process runs the same script: stage 1 is done, stage 2 resumes
         model = make_model(adata)
         model.train(max_epochs=4, diffusion_max_epochs=5, checkpoint_dir=ckpt, resume=True, **fit)
-        # 180 training latents at the default batch of 64: 3 steps per epoch
-        assert model.trainer.current_epoch == 5 and model.trainer.global_step == 5 * 3
+        # 180 training latents at the default batch of 128: 2 steps per epoch
+        assert model.trainer.current_epoch == 5 and model.trainer.global_step == 5 * 2
         assert len(model.diffusion_history_["train_loss"]) == 3
         assert model.vae_trained_ and model.diffusion_trained_
         state = _state(model)

@@ -306,9 +306,9 @@ def test_generate_cell_type_str(trained):
     g = model.generate(n=30, cell_type="label_1", seed=0)
     assert_generated(g, model, 30)
     assert (g.obs["labels"] == "label_1").all()
-    assert g.uns["scgm"]["sampler"] == "ode"
-    assert g.uns["scgm"]["n_steps"] == 25
-    assert g.uns["scgm"]["network_evaluations_per_cell"] == 50
+    assert g.uns["scgm"]["sampler"] == "dpmpp_2m"
+    assert g.uns["scgm"]["n_steps"] == 10
+    assert g.uns["scgm"]["network_evaluations_per_cell"] == 10
     assert g.uns["scgm"]["seed"] == 0
 
 
@@ -386,7 +386,7 @@ def test_generate_guidance(trained):
     plain = model.generate(n=10, cell_type="label_0", n_steps=5, seed=0)
     guided = model.generate(n=10, cell_type="label_0", n_steps=5, guidance_scale=2.0, seed=0)
     assert_generated(guided, model, 10)
-    assert guided.uns["scgm"]["network_evaluations_per_cell"] == 20  # cond + uncond
+    assert guided.uns["scgm"]["network_evaluations_per_cell"] == 10  # 5 steps, cond + uncond
     assert not np.allclose(plain.obsm["X_scgm"], guided.obsm["X_scgm"])
     # same noise, same conditions: only the guidance changes the latents
     pd.testing.assert_frame_equal(plain.obs, guided.obs)
@@ -492,7 +492,7 @@ def test_sample_latent(trained):
     z, nfe = model.sample_latent(cond, seed=0)
     assert isinstance(z, torch.Tensor) and z.shape == (12, TINY["n_latent"])
     assert torch.isfinite(z).all()
-    assert nfe == 50
+    assert nfe == 10
     _, nfe = model.sample_latent(cond, sampler="pc", n_steps=6, seed=0)
     assert nfe == 12
     _, nfe = model.sample_latent(cond, sampler="euler_maruyama", n_steps=6, seed=0)

@@ -116,7 +116,7 @@ def _add_training_options(p) -> None:
         "--diffusion-max-epochs",
         type=positive_int,
         default=None,
-        help="score-network epochs (default: about 20,000 steps, between 1 and 2,000 epochs)",
+        help="score-network epochs (default: about 4,000 steps, between 1 and 2,000 epochs)",
     )
     fit.add_argument(
         "--batch-size", type=positive_int, default=128, help="VAE minibatch (default 128)"
@@ -124,8 +124,8 @@ def _add_training_options(p) -> None:
     fit.add_argument(
         "--diffusion-batch-size",
         type=positive_int,
-        default=64,
-        help="score-network minibatch (default 64)",
+        default=128,  # SCGM.train_diffusion's default (a test checks they agree)
+        help="score-network minibatch (default 128)",
     )
     fit.add_argument(
         "--kl-warmup",

@@ -27,6 +27,7 @@ from scgm_scvi.module import (
 from .._conditions import BATCH_INDEX, LOG_LIBRARY, code_column, continuous_column
 from .._constants import (
     CONDITION_TABLE_MAX,
+    DIFFUSION_BATCH_SIZE,
     DIFFUSION_STEPS,
     MIN_TRAIN_CELLS,
 )
@@ -55,7 +56,7 @@ class TrainingMixin:
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         batch_size: int = 128,
-        diffusion_batch_size: int = 64,
+        diffusion_batch_size: int = DIFFUSION_BATCH_SIZE,
         plan_kwargs: dict | None = None,
         diffusion_plan_kwargs: dict | None = None,
         checkpoint_dir: str | None = None,
@@ -205,7 +206,7 @@ class TrainingMixin:
         max_epochs: int | None = None,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
-        batch_size: int = 64,
+        batch_size: int = DIFFUSION_BATCH_SIZE,
         train_size: float = 0.9,
         early_stopping: bool = False,
         early_stopping_patience: int = 50,
@@ -233,14 +234,13 @@ class TrainingMixin:
         Parameters
         ----------
         max_epochs
-            Defaults to about 20,000 optimisation steps, between 1 and 2,000 epochs (667 epochs
-            for the 2,110 cells of the PBMC 3k benchmark at batch 64, one epoch from about a
-            million cells on).
+            Defaults to about 4,000 optimisation steps, between 1 and 2,000 epochs (267 epochs
+            for the 2,111 cells of the PBMC 3k benchmark at batch 128, one epoch from about
+            half a million cells on).
         accelerator, devices
             Lightning accelerator and devices.
         batch_size
-            Minibatch size of latents. On PBMC 3k, 64 (more, smaller steps) gave better cells
-            than 256 for the same number of epochs.
+            Minibatch size of latents.
         train_size
             Share of cells for training; the rest gives the validation loss for early stopping.
         early_stopping, early_stopping_patience
