@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._score_net import ConditionGroups
+
 
 class LabelGaussians(nn.Module):
     """Per-label means and low-rank-plus-isotropic covariances, and their exact ``eps``.
@@ -109,7 +111,7 @@ class LabelGaussians(nn.Module):
         alpha: torch.Tensor,
         sigma: torch.Tensor,
         labels: torch.Tensor,
-        groups=None,
+        groups: ConditionGroups | None = None,
     ) -> torch.Tensor:
         """Exact noise prediction of each cell's label Gaussian at ``x_t``.
 
@@ -137,7 +139,9 @@ class LabelGaussians(nn.Module):
                 out.append(iso * r + torch.bmm((top * proj)[:, None, :], basis.mT)[:, 0])
             return torch.cat(out)
 
-    def _eps_by_label(self, x, a, s, groups) -> torch.Tensor:
+    def _eps_by_label(
+        self, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor, groups: ConditionGroups
+    ) -> torch.Tensor:
         """:meth:`eps` for cells sharing one time, one label at a time."""
         out = torch.empty_like(x)
         for lab, rows in zip(groups.labels, torch.split(groups.order, groups.counts), strict=True):
