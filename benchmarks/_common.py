@@ -37,7 +37,9 @@ def load(name: str) -> tuple[ad.AnnData, str | None]:
     if name == "kang2k":  # 1,000 control + 1,000 IFN-beta cells, 9,015 genes, 8 types
         adata = ad.read_h5ad(SHARED / "kang2018_ifnb_harmony2k.h5ad")
         return adata, "condition"
-    raise ValueError(f"Unknown dataset {name!r}; use pbmc3k, kang12k or kang2k.")
+    if name == "kang1.5k":  # muscat's example: 5 types, control + IFN-beta, 1,267 genes
+        return ad.read_h5ad(KANG_EDIT_DATA), "condition"
+    raise ValueError(f"Unknown dataset {name!r}; use pbmc3k, kang12k, kang2k or kang1.5k.")
 
 
 def split(adata: ad.AnnData, seed: int = 0) -> tuple[ad.AnnData, ad.AnnData]:

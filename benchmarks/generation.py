@@ -158,11 +158,15 @@ class ErrorBudget:
         return self._decode(z, self.test_labels, self.test_lib, self.test_batch, seed)
 
     def resample(self, seed, posterior: str = "sample", drawn_covariates: bool = False):
+        """Training cells decoded from ``z ~ q(z|x)`` (``"sample"``), their posterior means
+        (``"mean"``) or their means plus ``generate``'s per-type noise (``"mean_noise"``)."""
         rng = np.random.default_rng(seed)
         idx = _draw_cells(self.labels, self.sizes, rng)
         z = self.train_mean[idx]
         if posterior == "sample":
             z = z + self.train_std[idx] * rng.standard_normal(z.shape)
+        elif posterior == "mean_noise":  # generate's noise: the type's mean posterior variance
+            z = self._posterior_noise(z, self.labels[idx], rng)
         # library and batch of the cell itself, or of another cell of its type (as generate)
         cov = _draw_cells(self.labels, self.sizes, rng) if drawn_covariates else idx
         batch = None if self.batch is None else self.batch[cov]
@@ -187,51 +191,6 @@ class ErrorBudget:
             np.concatenate(zs), self.labels[cov_idx], self.lib[cov_idx], batch, seed
         )
 
-    def neighbour_covariates(self, seed):
-        """Lever: SCGM's cells decoded with the library and batch of the training cell whose
-        posterior mean is nearest to the generated latent (same type): library given latent."""
-        from sklearn.neighbors import NearestNeighbors
-
-        g = self.model.generate(
-            n=None, cell_type=self.sizes, seed=seed, posterior_noise=False, progress_bar=False
-        )  # neighbours of the noise-free latents; the noise is added before decoding
-        z, cts = g.obsm["X_scgm"], g.obs["cell_type"].astype(str).to_numpy()
-        nn = np.empty(len(z), dtype=np.int64)
-        for ct in np.unique(cts):
-            pool = np.flatnonzero(self.labels == ct)
-            rows = np.flatnonzero(cts == ct)
-            fit = NearestNeighbors(n_neighbors=1).fit(self.train_mean[pool])
-            nn[rows] = pool[fit.kneighbors(z[rows], return_distance=False)[:, 0]]
-        batch = None if self.batch is None else self.batch[nn]
-        z = self._posterior_noise(z, cts, np.random.default_rng(seed))
-        return self._decode(z, cts, self.lib[nn], batch, seed)
-
-    def regressed_library(self, seed):
-        """Lever: SCGM's latents decoded with a log library drawn from a per-type linear
-        Gaussian regression on the latent (fit on training posterior means), batch drawn."""
-        rng = np.random.default_rng(seed)
-        # regress on the noise-free latents (the fit is on posterior means), then decode them
-        # with the posterior noise as generate does
-        g = self.model.generate(
-            n=None, cell_type=self.sizes, seed=seed, posterior_noise=False, progress_bar=False
-        )
-        z, cts = g.obsm["X_scgm"], g.obs["cell_type"].astype(str).to_numpy()
-        log_lib = np.empty(len(z))
-        for ct in np.unique(cts):
-            pool, rows = self.labels == ct, cts == ct
-            X = np.c_[np.ones(pool.sum()), self.train_mean[pool]]
-            y = np.log(self.lib[pool])
-            ridge = 1.0 * np.eye(X.shape[1])
-            ridge[0, 0] = 0.0
-            coef = np.linalg.solve(X.T @ X + ridge, X.T @ y)
-            resid = np.std(y - X @ coef)
-            log_lib[rows] = np.c_[np.ones(rows.sum()), z[rows]] @ coef
-            log_lib[rows] += resid * rng.standard_normal(rows.sum())
-        cov = _draw_cells(self.labels, {ct: int((cts == ct).sum()) for ct in self.sizes}, rng)
-        batch = None if self.batch is None else self.batch[cov]
-        z = self._posterior_noise(z, cts, rng)
-        return self._decode(z, cts, np.exp(log_lib), batch, seed)
-
     def _posterior_noise(self, z, cts, rng):
         """``z`` plus each type's mean posterior variance, as ``generate`` adds it."""
         var = self.model.module.posterior_noise.var.cpu().numpy()
@@ -248,7 +207,16 @@ class ErrorBudget:
         return {
             "budget 1: VAE reconstructs test cells (z ~ q, own library)": self.reconstruct_test,
             "budget 2: VAE resamples train cells (z ~ q, own library)": self.resample,
+            "budget 2b: z ~ q, library + batch drawn as generate": lambda s: self.resample(
+                s, drawn_covariates=True
+            ),
             "budget 3: posterior means, own library": lambda s: self.resample(s, "mean"),
+            "budget 3b: posterior means + generate's posterior noise, own library": lambda s: (
+                self.resample(s, "mean_noise")
+            ),
+            "budget 3c: the same, library + batch drawn (a perfect latent model's ceiling)": (
+                lambda s: self.resample(s, "mean_noise", drawn_covariates=True)
+            ),
             "budget 4: posterior means, library + batch drawn as generate": lambda s: (
                 self.resample(s, "mean", drawn_covariates=True)
             ),
@@ -257,10 +225,6 @@ class ErrorBudget:
             "Gaussian per type + posterior noise (decoded as SCGM)": lambda s: self.gaussian(
                 s, posterior_noise=True
             ),
-            "lever: SCGM, library + batch of the nearest training latent": (
-                self.neighbour_covariates
-            ),
-            "lever: SCGM, library from a linear model of the latent": self.regressed_library,
         }
 
 
@@ -286,7 +250,7 @@ def write_figures(out: Path) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="pbmc3k", choices=["pbmc3k", "kang12k", "kang2k"])
+    p.add_argument("--data", default="pbmc3k", choices=["pbmc3k", "kang12k", "kang2k", "kang1.5k"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--vae-epochs", type=int, default=None, help="default: scVI's heuristic")
     p.add_argument("--diffusion-epochs", type=int, default=None)
@@ -297,7 +261,9 @@ def main(argv=None):
         help="VAE KL warm-up epochs (default: scVI's 400); also adds a scVI row trained so",
     )
     p.add_argument(
-        "--samplers", nargs="+", default=["dpmpp_2m", "ode", "ode_euler", "euler_maruyama", "pc"]
+        "--samplers",
+        nargs="+",
+        default=["dpmpp_2m_sde", "dpmpp_2m", "ode", "ode_euler", "euler_maruyama", "pc"],
     )
     p.add_argument(
         "--extra-guidance",

@@ -11,8 +11,8 @@ Measured in one run, on this machine, with ``--threads`` torch threads:
 2. Stage-2 (score network) training throughput in latents/s of ``SCGM.train_diffusion`` at the
    default batch of 128, at 0.1's 64 and at larger batches.
 3. Sampling: seconds and network evaluations (NFE) per 1,000 generated cells for every sampler
-   at its default number of steps, the Heun ODE at 5, 10 and 25 steps and DPM-Solver++(2M) at
-   6 and 15 steps, split into latent sampling
+   at its default number of steps, the Heun ODE at 5, 10 and 25 steps, DPM-Solver++(2M) at
+   6 and 15 steps and SDE-DPM-Solver++(2M) at 20, split into latent sampling
    (``sample_latent``) and decoding + NB sampling (``decode_latent``).
 4. Peak resident memory (``VmHWM``, reset before the call) of a fresh process that loads the
    saved model and generates n cells with ``batch_size=2048``, for two n, next to the size of
@@ -59,6 +59,7 @@ import scgm_scvi
 from scgm_scvi import SCGM
 
 SAMPLING_CONFIGS = [  # (sampler, n_steps); None = the sampler's default
+    ("dpmpp_2m_sde", None),
     ("ode", None),
     ("ode_euler", None),
     ("euler_maruyama", None),
@@ -69,6 +70,7 @@ SAMPLING_CONFIGS = [  # (sampler, n_steps); None = the sampler's default
     ("ode", 25),
     ("dpmpp_2m", 6),
     ("dpmpp_2m", 15),
+    ("dpmpp_2m_sde", 20),
 ]
 
 

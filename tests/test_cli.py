@@ -363,7 +363,8 @@ def test_generate_counts_per_type(workspace):
     assert sp.issparse(generated.X) and generated.X.format == "csr"
     np.testing.assert_array_equal(generated.X.data, np.round(generated.X.data))
     assert list(generated.var_names) == [f"g{i}" for i in range(100)]
-    assert generated.uns["scgm"]["seed"] == 4 and generated.uns["scgm"]["sampler"] == "dpmpp_2m"
+    assert generated.uns["scgm"]["seed"] == 4
+    assert generated.uns["scgm"]["sampler"] == "dpmpp_2m_sde"
     assert generated.uns["scgm"]["posterior_noise"]
     plain = workspace / "gen_plain.h5ad"
     argv = ["generate", str(workspace / "model"), "--out", str(plain), "--no-progress"]

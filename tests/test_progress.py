@@ -61,4 +61,4 @@ model.train(max_epochs=1, diffusion_max_epochs=1, accelerator="cpu", enable_prog
         return "".join(o.get("text", "") for o in cell.outputs if o.get("name") == "stderr")
 
     assert "IProgress" not in stderr(nb.cells[0])
-    assert "Generating (dpmpp_2m)" in stderr(nb.cells[1])
+    assert "Generating (dpmpp_2m_sde)" in stderr(nb.cells[1])

@@ -82,7 +82,7 @@ def test_legacy_pickled_save_loads_only_when_allowed(tmp_path):
     with pytest.warns(UserWarning, match="full unpickler"):
         model = scgm_scvi.SCGM.load(str(LEGACY / "model"), allow_pickle=True)
     expected = np.load(LEGACY / "generated.npz", allow_pickle=False)
-    # 0.1's default sampler, named (the default is now "dpmpp_2m")
+    # 0.1's default sampler, named (the default is now "dpmpp_2m_sde")
     cells = model.generate(n=None, cell_type={"label_0": 10, "label_2": 6}, seed=3, sampler="ode")
     np.testing.assert_array_equal(cells.X.toarray(), expected["X"])
     np.testing.assert_allclose(cells.obsm["X_scgm"], expected["z"], rtol=1e-5, atol=1e-6)

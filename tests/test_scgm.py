@@ -23,7 +23,7 @@ from conftest import (
 )
 
 import scgm_scvi
-from scgm_scvi.samplers import SAMPLERS
+from scgm_scvi.samplers import EVALS_PER_STEP, SAMPLERS
 
 LABELS = ["label_0", "label_1", "label_2"]
 BATCHES = ["batch_0", "batch_1"]
@@ -306,7 +306,7 @@ def test_generate_cell_type_str(trained):
     g = model.generate(n=30, cell_type="label_1", seed=0)
     assert_generated(g, model, 30)
     assert (g.obs["labels"] == "label_1").all()
-    assert g.uns["scgm"]["sampler"] == "dpmpp_2m"
+    assert g.uns["scgm"]["sampler"] == "dpmpp_2m_sde"
     assert g.uns["scgm"]["n_steps"] == 10
     assert g.uns["scgm"]["network_evaluations_per_cell"] == 10
     assert g.uns["scgm"]["seed"] == 0
@@ -368,7 +368,7 @@ def test_generate_each_sampler(trained, sampler):
     model, _ = trained
     g = model.generate(n=16, cell_type="label_2", sampler=sampler, n_steps=8, seed=1)
     assert_generated(g, model, 16)
-    evals = {"ode": 2, "ode_euler": 1, "euler_maruyama": 1, "pc": 2, "dpmpp_2m": 1}[sampler]
+    evals = EVALS_PER_STEP[sampler]
     assert g.uns["scgm"] == {
         "sampler": sampler,
         "n_steps": 8,

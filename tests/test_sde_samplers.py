@@ -130,6 +130,7 @@ def test_time_grid_bad_spacing():
         ("ode", 25),
         ("ode_euler", 500),
         ("dpmpp_2m", 10),
+        ("dpmpp_2m_sde", 20),
         ("euler_maruyama", 200),
         ("pc", 100),
     ],

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from scgm_scvi._names import DEFAULT_STEPS, SAMPLER_NAMES
+from scgm_scvi._names import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLER_NAMES
 
 from ._common import (
     CLIError,
@@ -108,11 +108,12 @@ def _add_generation_options(p) -> None:
     how.add_argument(
         "--sampler",
         choices=SAMPLERS,
-        default="dpmpp_2m",
+        default=DEFAULT_SAMPLER,
         help=(
-            "dpmpp_2m: probability-flow ODE, DPM-Solver++(2M), 10 steps (default); ode: the "
-            "same ODE, Heun, 25 steps; ode_euler: first order (DDIM-like); "
-            "euler_maruyama: reverse SDE; pc: predictor-corrector"
+            "dpmpp_2m_sde: reverse SDE, SDE-DPM-Solver++(2M), 10 steps (default); dpmpp_2m: "
+            "probability-flow ODE, DPM-Solver++(2M), 10 steps; ode: the same ODE, Heun, 25 "
+            "steps; ode_euler: first order (DDIM-like); euler_maruyama: reverse SDE, "
+            "Euler-Maruyama; pc: predictor-corrector"
         ),
     )
     how.add_argument(

@@ -71,17 +71,20 @@ def plan_reverse(
     """The sampler's time grid from ``t_start`` (default ``T``: generation) down to ``eps``.
 
     ``n_steps=None`` keeps the sampler's default density of steps over the full range, so an
-    edit from ``t_start = T / 2`` takes half the default steps. ODE samplers use a Karras grid
-    (steps where the ODE bends), except DPM-Solver++ which spaces ``log(alpha / sigma)``
-    evenly (the grid its steps are derived on); the stochastic samplers use a uniform grid.
+    edit from ``t_start = T / 2`` takes half the default steps. DPM-Solver++ (ODE and SDE)
+    spaces ``log(alpha / sigma)`` evenly (the grid its steps are derived on); the other ODE
+    samplers use a Karras grid (steps where the ODE bends), the other stochastic samplers a
+    uniform grid.
     """
     check_sampler(sampler)
     t_start = sde.T if t_start is None else float(t_start)
     if n_steps is None:
         n_steps = max(1, math.ceil(DEFAULT_STEPS[sampler] * t_start / sde.T))
     spacing = "uniform"
-    if sampler in ODE_SAMPLERS:
-        spacing = "logsnr" if sampler == "dpmpp_2m" else "karras"
+    if sampler.startswith("dpmpp"):
+        spacing = "logsnr"
+    elif sampler in ODE_SAMPLERS:
+        spacing = "karras"
     ts = sde.time_grid(int(n_steps), t_start=t_start, spacing=spacing, device=device)
     return ReversePlan(sampler, ts)
 

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from scgm_scvi._names import Sampler
+from scgm_scvi._names import DEFAULT_SAMPLER, Sampler
 from scgm_scvi._progress import ProgressBar
 from scgm_scvi.samplers import (
     ChunkedRun,
@@ -134,7 +134,7 @@ class GenerationMixin:
     def sample_latent(
         self,
         cond: pd.DataFrame | np.ndarray | torch.Tensor,
-        sampler: Sampler = "dpmpp_2m",
+        sampler: Sampler = DEFAULT_SAMPLER,
         n_steps: int | None = None,
         guidance_scale: float = 1.0,
         seed: int | None = None,
@@ -154,12 +154,14 @@ class GenerationMixin:
             ``pd.DataFrame({"cell_type": ["B cells"] * 100})``; or integer codes of shape
             ``(n, n_conditions)`` in the column order of ``model.conditions_["columns"]``.
         sampler
-            ``"dpmpp_2m"`` (default: probability-flow ODE, DPM-Solver++(2M) steps;
-            deterministic), ``"ode"`` (the same ODE, Heun steps), ``"ode_euler"`` (DDIM-like),
-            ``"euler_maruyama"`` (reverse SDE) or ``"pc"`` (predictor-corrector).
+            ``"dpmpp_2m_sde"`` (default: reverse SDE, SDE-DPM-Solver++(2M) steps),
+            ``"dpmpp_2m"`` (probability-flow ODE, DPM-Solver++(2M) steps; deterministic),
+            ``"ode"`` (the same ODE, Heun steps), ``"ode_euler"`` (DDIM-like),
+            ``"euler_maruyama"`` (reverse SDE, Euler-Maruyama steps) or ``"pc"``
+            (predictor-corrector).
         n_steps
-            Time steps; default per sampler (10 for ``"dpmpp_2m"``, i.e. 10 network
-            evaluations; 25 Heun steps, 50 evaluations, for ``"ode"``).
+            Time steps; default per sampler (10 for ``"dpmpp_2m_sde"`` and ``"dpmpp_2m"``, i.e.
+            10 network evaluations; 25 Heun steps, 50 evaluations, for ``"ode"``).
         guidance_scale
             Classifier-free guidance weight on the cell type (1 = plain conditional model).
         seed
@@ -368,7 +370,7 @@ class GenerationMixin:
         cell_type: str | Sequence[str] | Mapping[str, int] | None = None,
         covariates: Mapping[str, object] | None = None,
         library_size: float | np.ndarray | None = None,
-        sampler: Sampler = "dpmpp_2m",
+        sampler: Sampler = DEFAULT_SAMPLER,
         n_steps: int | None = None,
         guidance_scale: float = 1.0,
         seed: int | None = None,
