@@ -20,3 +20,5 @@ DEFAULT_STEPS = {
 }  # fmt: skip
 #: the deterministic samplers (invertible; a Karras time grid suits them)
 ODE_SAMPLERS: tuple[str, ...] = ("ode", "ode_euler", "dpmpp_2m")
+#: the samplers derived on a grid even in log signal-to-noise ratio (DPM-Solver++)
+LOGSNR_SAMPLERS: tuple[str, ...] = ("dpmpp_2m", "dpmpp_2m_sde")

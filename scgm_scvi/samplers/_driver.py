@@ -15,7 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from scgm_scvi._names import DEFAULT_STEPS, ODE_SAMPLERS, Sampler  # noqa: F401 - re-exported
+from scgm_scvi._names import (  # noqa: F401 - re-exported
+    DEFAULT_STEPS,
+    LOGSNR_SAMPLERS,
+    ODE_SAMPLERS,
+    Sampler,
+)
 from scgm_scvi._progress import ProgressBar
 from scgm_scvi.sde import VPSDE
 
@@ -81,7 +86,7 @@ def plan_reverse(
     if n_steps is None:
         n_steps = max(1, math.ceil(DEFAULT_STEPS[sampler] * t_start / sde.T))
     spacing = "uniform"
-    if sampler.startswith("dpmpp"):
+    if sampler in LOGSNR_SAMPLERS:
         spacing = "logsnr"
     elif sampler in ODE_SAMPLERS:
         spacing = "karras"

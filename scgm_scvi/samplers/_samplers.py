@@ -260,7 +260,7 @@ def sample_dpmpp_2m_sde(
     draws the rest afresh, so errors of the score network are partly forgotten rather than
     carried along the trajectory (the ODE carries them): with an imperfect score, the SDE's
     samples are closer to the data (Karras et al. 2022, arXiv 2206.00364). One network
-    evaluation per step; about twenty steps.
+    evaluation per step; ten steps by default.
 
     Parameters
     ----------
@@ -274,15 +274,15 @@ def sample_dpmpp_2m_sde(
     for i in range(n):
         x0 = (x - sigma[i] * eps_fn(x, ts[i])) / alpha[i]
         h = lam[i + 1] - lam[i]
-        keep = torch.exp(-2 * h)  # share of the current noise that the step keeps
+        renew = -torch.expm1(-2 * h)  # share of the noise variance drawn afresh this step
         d = x0
         if x0_prev is not None:  # extrapolate x0 to the step's midpoint (2M, as the ODE)
             r = h_prev / h
             d = x0 + (0.5 / r) * (x0 - x0_prev)
-        x = (sigma[i + 1] / sigma[i]) * torch.exp(-h) * x + alpha[i + 1] * (1 - keep) * d
+        x = (sigma[i + 1] / sigma[i]) * torch.exp(-h) * x + alpha[i + 1] * renew * d
         if i < n - 1:  # the last step returns the mean, as Euler-Maruyama does
             noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-            x = x + sigma[i + 1] * torch.sqrt(1 - keep) * noise
+            x = x + sigma[i + 1] * torch.sqrt(renew) * noise
         x = _after_step(callback, i, ts[i + 1], x)
         x0_prev, h_prev = x0, h
     return x
