@@ -2,18 +2,20 @@
 
 Stratified 80/20 split of the real cells (seed 0). SCGM (package defaults) and stock scVI are
 trained on the training cells. For each seed, the training cells are augmented so that every
-cell type has at least the median cell-type size (``--min-cells`` to change it), four ways:
+cell type has at least the median cell-type size (``--min-cells`` to change it), five ways:
 
 - ``none``: the real training cells alone;
 - ``oversample``: real cells of the rare types duplicated at random;
 - ``scvi_resample``: scVI posterior-predictive cells of training cells of the rare types;
-- ``scgm``: ``SCGM.augment`` (cells generated from noise).
+- ``scgm``: ``SCGM.augment`` (cells generated from noise);
+- ``scgm_at_most_doubled``: the same with no more generated cells of a type than real ones.
 
 Two annotators are trained on each set, as cell types are annotated in practice: a logistic
 regression on standardised log1p(CP10k) of 2,000 HVGs (chosen on the real training cells, the
 same for every set) and a 15-nearest-neighbour classifier on 50 PCs of those features (fit on
 the training set). Both are scored on the held-out REAL cells only: F1 per type and macro-F1,
-mean and s.e.m. over the seeds.
+mean and s.e.m. over the seeds. Per augmented type, the report also gives the share of
+generated cells that a classifier trained on the real cells recognises as their type.
 
     python benchmarks/augment.py --data pbmc3k --out benchmarks/results/augment_pbmc3k
 """
@@ -43,6 +45,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from scgm_scvi import SCGM
+from scgm_scvi.metrics import evaluate
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,6 +55,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min-cells", type=int, default=None, help="default: median type size")
     p.add_argument("--vae-epochs", type=int, default=None, help="default: the package's")
     p.add_argument("--diffusion-epochs", type=int, default=None, help="default: the package's")
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="load scgm/ and scvi/ saved there (e.g. by generation.py on the same split) "
+        "instead of training; models trained here are saved there",
+    )
     p.add_argument("--out", type=Path, default=Path("/tmp/augment"))
     return p.parse_args(argv)
 
@@ -79,6 +89,19 @@ def annotators(train: ad.AnnData, test: ad.AnnData, hvg: np.ndarray, seed: int) 
     }
 
 
+def label_agreement(test: ad.AnnData, train: ad.AnnData, generated: dict) -> pd.DataFrame:
+    """Per type: the share of cells a classifier trained on ``train`` gives their type, for
+    the held-out real cells and for each set of generated cells."""
+    real_test = counts_adata(test.X, test.obs["cell_type"].to_numpy(), test.var_names)
+    real_train = counts_adata(train.X, train.obs["cell_type"].to_numpy(), train.var_names)
+    out = {}
+    for name, cells in {"real_held_out": real_test, **generated}.items():
+        df = evaluate(real_test, cells, train=real_train, metrics=["label_agreement"], min_cells=1)
+        df = df[(df["metric"] == "label_agreement") & ~df["group"].isin(["all", "mean"])]
+        out[name] = df.set_index("group")["value"]
+    return pd.DataFrame(out).rename_axis("cell_type")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
@@ -89,15 +112,27 @@ def main(argv=None) -> None:
     counts = train.obs["cell_type"].astype(str).value_counts()
     target = args.min_cells or int(np.median(counts.to_numpy()))
     sizes = {t: target - int(n) for t, n in counts.items() if n < target}
+    # a variant that never generates more cells of a type than it has real ones
+    caps = {t: min(n, int(counts[t])) for t, n in sizes.items()}
     print(f"target {target} cells per type; generated per type: {sizes}", flush=True)
 
     scvi.settings.seed = 0
     SCGM.setup_anndata(train, labels_key="cell_type", batch_key=batch_key)
-    model = SCGM(train)
-    model.train(max_epochs=args.vae_epochs, diffusion_max_epochs=args.diffusion_epochs,
-                enable_progress_bar=False)  # fmt: skip
-    scvi_sample, _, _ = scvi_posterior_resample(train, sizes, batch_key, args.vae_epochs, seed=0)
+    saved = None if args.model_dir is None else args.model_dir / "scgm"
+    if saved is not None and saved.exists():
+        model = SCGM.load(str(saved), adata=train, allow_pickle=True)  # a file we wrote
+    else:
+        model = SCGM(train)
+        model.train(max_epochs=args.vae_epochs, diffusion_max_epochs=args.diffusion_epochs,
+                    enable_progress_bar=False)  # fmt: skip
+        if saved is not None:
+            model.save(str(saved))
+    scvi_sample, _, _ = scvi_posterior_resample(
+        train, sizes, batch_key, args.vae_epochs, seed=0,
+        model_dir=None if args.model_dir is None else args.model_dir / "scvi",
+    )  # fmt: skip
     train_s = time.perf_counter() - t0
+    trained = "trained once" if args.model_dir is None else f"from {args.model_dir}"
 
     real = counts_adata(train.X, train.obs["cell_type"].to_numpy(), train.var_names)
     probe = real.copy()
@@ -112,12 +147,25 @@ def main(argv=None) -> None:
             [rng.choice(np.flatnonzero(real.obs["cell_type"] == t), n) for t, n in sizes.items()]
         )
         aug = model.augment(train, min_cells=target, seed=seed)
+        capped = model.augment(train, per_type=caps, seed=seed)
+        scvi_cells = scvi_sample(seed)
         sets = {
             "none": real,
             "oversample": ad.concat([real, real[picks]], index_unique="-"),
-            "scvi_resample": ad.concat([real, scvi_sample(seed)], index_unique="-"),
+            "scvi_resample": ad.concat([real, scvi_cells], index_unique="-"),
             "scgm": counts_adata(aug.X, aug.obs["cell_type"].to_numpy(), aug.var_names),
+            "scgm_at_most_doubled": counts_adata(
+                capped.X, capped.obs["cell_type"].to_numpy(), capped.var_names
+            ),
         }
+        if seed == args.seeds[0]:
+            synthetic = aug[aug.obs["synthetic"].to_numpy()]
+            generated = counts_adata(
+                synthetic.X, synthetic.obs["cell_type"].to_numpy(), synthetic.var_names
+            )
+            agreement = label_agreement(
+                test, train, {"scgm": generated, "scvi_resample": scvi_cells}
+            )
         for name, cells in sets.items():
             for annotator, pred in annotators(cells, test, hvg, seed).items():
                 f1 = f1_score(truth, pred, labels=labels, average=None, zero_division=0)
@@ -142,7 +190,7 @@ def main(argv=None) -> None:
         machine_line(),
         f"Data: {train.n_obs} train / {test.n_obs} held-out real cells x {train.n_vars} genes "
         f"(split seed 0); target {target} cells per type; generated per type: {sizes}; "
-        f"seeds {args.seeds}; SCGM and scVI trained once ({train_s:.0f} s); total "
+        f"seeds {args.seeds}; SCGM and scVI {trained} ({train_s:.0f} s); total "
         f"{time.perf_counter() - t0:.0f} s.",
         "",
         "Macro-F1 over all types and F1 of the augmented types on the held-out REAL cells "
@@ -153,6 +201,17 @@ def main(argv=None) -> None:
         table.reset_index().to_markdown(index=False),
         "",
         "Training cells per type: " + ", ".join(f"{t} {n}" for t, n in counts.items()) + ".",
+        "`scgm_at_most_doubled`: `SCGM.augment(per_type=...)` with at most as many generated "
+        "cells of a type as it has real ones.",
+        "",
+        "## Are the generated cells of each type recognisable as that type?",
+        "",
+        "Label agreement (`scgm_scvi.metrics.evaluate(..., metrics=['label_agreement'])`): the "
+        "share of cells that a logistic regression trained on the real training cells assigns "
+        "to their type; `real_held_out` is the same for the held-out real cells (the label's "
+        "own ambiguity). Augmented types, first seed:",
+        "",
+        agreement.loc[list(sizes)].round(3).reset_index().to_markdown(index=False),
         "",
     ]
     (args.out / "report.md").write_text("\n".join(lines))
