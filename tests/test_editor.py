@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +11,7 @@ import scipy.sparse as sp
 import scvi
 import torch
 
+from scgm_scvi._names import DEFAULT_SAMPLER, DEFAULT_STEPS
 from scgm_scvi.editing import SCGEditor
 from scgm_scvi.model import SCGM
 from scgm_scvi.samplers import gene_guidance
@@ -94,6 +97,15 @@ def test_output_structure(editor, source):
     params = out.uns["scgm_edit"]
     assert params["method"] == "sdedit" and params["target"] == {"condition": "stim"}
     assert params["n_steps"] == 20 and params["network_evaluations_per_cell"] == 20
+
+
+def test_sdedit_default_sampler_is_generates(editor, source):
+    # SDEdit runs generate's default sampler over the part of the time range it covers
+    out = editor.edit(source[:5], {"condition": "stim"}, strength=0.5, seed=0)
+    params = out.uns["scgm_edit"]
+    assert params["sampler"] == DEFAULT_SAMPLER == "dpmpp_2m_sde"
+    assert params["n_steps"] == math.ceil(DEFAULT_STEPS[DEFAULT_SAMPLER] * 0.5) == 5
+    assert params["network_evaluations_per_cell"] == 5
 
 
 def test_n_samples_and_label_target(editor, source):

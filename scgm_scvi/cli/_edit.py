@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scgm_scvi._names import ODE_SAMPLERS, SAMPLER_NAMES
+from scgm_scvi._names import DEFAULT_SAMPLER, ODE_SAMPLERS, SAMPLER_NAMES
 
 from ._common import (
     CLIError,
@@ -133,7 +133,7 @@ def _add_editing_options(p) -> None:
         "--sampler",
         choices=SAMPLERS,
         default=None,
-        help="reverse-process sampler (default: euler_maruyama for sdedit, ode for ode)",
+        help=f"reverse-process sampler (default: {DEFAULT_SAMPLER} for sdedit, ode for ode)",
     )
     how.add_argument(
         "--n-steps",

@@ -12,6 +12,7 @@ import torch
 from anndata import AnnData
 from mudata import MuData
 
+from scgm_scvi._names import DEFAULT_SAMPLER
 from scgm_scvi.model._checks import check_finite, check_sampling_args
 from scgm_scvi.model._conditions import (
     BATCH_INDEX,
@@ -53,7 +54,8 @@ class SCGEditor:
     Three methods share one call, :meth:`edit`:
 
     - ``"sdedit"`` (SDEdit, Meng et al. 2022): encode the cells, noise their latents to
-      ``t0 = strength * T`` and run the reverse process from ``t0`` under the target condition.
+      ``t0 = strength * T`` and run the reverse SDE from ``t0`` under the target condition
+      (by default with :meth:`~scgm_scvi.SCGM.generate`'s sampler, SDE-DPM-Solver++).
       Small ``strength`` keeps the cells close to the source (faithful); large ``strength``
       lets the model replace more of the cell by what it learnt of the target (realistic).
     - ``"ode"`` (DDIB, Su et al. 2023): integrate the probability-flow ODE from the source
@@ -149,11 +151,12 @@ class SCGEditor:
             ``"sdedit"``, ``"ode"`` or ``"latent_shift"`` (see the class description).
         sampler
             Reverse-process sampler, as in :meth:`~scgm_scvi.SCGM.generate`. Default:
-            ``"euler_maruyama"`` for ``"sdedit"`` and ``"ode"`` (Heun) for ``"ode"``, which only
-            accepts the deterministic ``"ode"``, ``"ode_euler"`` and ``"dpmpp_2m"``.
+            ``"dpmpp_2m_sde"`` (as ``generate``) for ``"sdedit"`` and ``"ode"`` (Heun) for
+            ``"ode"``, which only accepts the deterministic ``"ode"``, ``"ode_euler"`` and
+            ``"dpmpp_2m"``.
         n_steps
             Steps from ``t0`` down to ``eps``; default: the sampler's default density over the
-            full time range scaled by ``strength`` (e.g. 250 Euler-Maruyama steps at 0.5).
+            full time range scaled by ``strength`` (e.g. 5 SDE-DPM-Solver++ steps at 0.5).
         guidance_scale
             Classifier-free guidance weight on the target columns (1 = plain conditional model,
             > 1 pushes harder toward the target).
@@ -337,7 +340,7 @@ class SCGEditor:
         if method == "latent_shift":
             return method, None, t0
         if sampler is None:
-            sampler = "ode" if method == "ode" else "euler_maruyama"
+            sampler = "ode" if method == "ode" else DEFAULT_SAMPLER
         check_sampler(sampler)
         if method == "ode":  # it inverts the probability-flow ODE
             check_sampler(sampler, ODE_SAMPLERS, " (an ODE sampler: method='ode' inverts the ODE)")
