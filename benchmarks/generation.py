@@ -125,12 +125,28 @@ def _draw_cells(labels: np.ndarray, sizes: dict, rng: np.random.Generator) -> np
     return np.concatenate([rng.choice(np.flatnonzero(labels == ct), n) for ct, n in sizes.items()])
 
 
+TRAINING_LIBRARY_ROW = "SCGM (defaults), library drawn from a training cell of the type"
+
+
+def generate_with_training_libraries(model: SCGM, sizes: dict, seed: int) -> ad.AnnData:
+    """``generate`` with the defaults but library sizes drawn from training cells of the type
+    (independent of the latent), as before the library model."""
+    library = model.module.library_model
+    fitted = library.std.clone()
+    library.std.zero_()  # "not fitted": generate falls back to training cells
+    try:
+        return model.generate(n=None, cell_type=sizes, seed=seed, progress_bar=False)
+    finally:
+        library.std.copy_(fitted)
+
+
 class ErrorBudget:
     """Rows that walk from the real floor to SCGM changing one thing at a time (issue 16).
 
     Each sampler returns counts decoded by SCGM's own decoder; ``lib`` and ``batch`` are the
     log library size and batch name of each decoded cell (a training cell's own, or those of an
-    independently drawn training cell of the same type, as :meth:`SCGM.generate` draws them).
+    independently drawn training cell of the same type, as :meth:`SCGM.generate` drew them
+    before its library model).
     """
 
     def __init__(self, model: SCGM, train: ad.AnnData, test: ad.AnnData, sizes: dict, batch_key):
@@ -167,10 +183,28 @@ class ErrorBudget:
             z = z + self.train_std[idx] * rng.standard_normal(z.shape)
         elif posterior == "mean_noise":  # generate's noise: the type's mean posterior variance
             z = self._posterior_noise(z, self.labels[idx], rng)
-        # library and batch of the cell itself, or of another cell of its type (as generate)
+        # library and batch of the cell itself, or of another cell of its type (as generate drew
+        # them before the library model)
         cov = _draw_cells(self.labels, self.sizes, rng) if drawn_covariates else idx
         batch = None if self.batch is None else self.batch[cov]
         return self._decode(z, self.labels[idx], self.lib[cov], batch, seed)
+
+    def means_with_library_model(self, seed):
+        """Posterior means plus ``generate``'s noise, decoded with a library size drawn given
+        the mean from the library model and the batch of another cell of the type (as
+        ``generate`` decodes): a perfect latent model's ceiling now."""
+        rng = np.random.default_rng(seed)
+        idx = _draw_cells(self.labels, self.sizes, rng)
+        cats = list(self.model.conditions_["columns"][0]["categories"])
+        module = self.model.module
+        codes = torch.as_tensor([cats.index(c) for c in self.labels[idx]], device=module.device)
+        z = torch.as_tensor(self.train_mean[idx], dtype=torch.float32, device=module.device)
+        gen = torch.Generator(device=module.device).manual_seed(seed)
+        lib = np.exp(module.library_model.sample(z, codes, generator=gen).cpu().numpy())
+        z = self._posterior_noise(self.train_mean[idx], self.labels[idx], rng)
+        cov = _draw_cells(self.labels, self.sizes, rng)
+        batch = None if self.batch is None else self.batch[cov]
+        return self._decode(z, self.labels[idx], lib, batch, seed)
 
     def gaussian(self, seed, posterior_noise: bool = False):
         """A Gaussian per type fit to the posterior means; with ``posterior_noise`` decoded as
@@ -207,8 +241,8 @@ class ErrorBudget:
         return {
             "budget 1: VAE reconstructs test cells (z ~ q, own library)": self.reconstruct_test,
             "budget 2: VAE resamples train cells (z ~ q, own library)": self.resample,
-            "budget 2b: z ~ q, library + batch drawn as generate": lambda s: self.resample(
-                s, drawn_covariates=True
+            "budget 2b: z ~ q, library + batch of another cell of the type": lambda s: (
+                self.resample(s, drawn_covariates=True)
             ),
             "budget 3: posterior means, own library": lambda s: self.resample(s, "mean"),
             "budget 3b: posterior means + generate's posterior noise, own library": lambda s: (
@@ -217,7 +251,9 @@ class ErrorBudget:
             "budget 3c: the same, library + batch drawn (a perfect latent model's ceiling)": (
                 lambda s: self.resample(s, "mean_noise", drawn_covariates=True)
             ),
-            "budget 4: posterior means, library + batch drawn as generate": lambda s: (
+            "budget 3d: the same, library drawn given the mean (the ceiling with the library "
+            "model)": self.means_with_library_model,
+            "budget 4: posterior means, library + batch of another cell of the type": lambda s: (
                 self.resample(s, "mean", drawn_covariates=True)
             ),
             "budget 5: Gaussian per type (library + batch drawn)": self.gaussian,
@@ -342,12 +378,18 @@ def main(argv=None):
     if model_dir is not None and (model_dir / "scgm").exists():
         # a file this script wrote (older runs: pickled)
         model = SCGM.load(str(model_dir / "scgm"), adata=train, allow_pickle=True)
-        if not model.module.posterior_noise.fitted:  # cached before the posterior noise
+        module = model.module
+        if not (module.posterior_noise.fitted and module.library_model.fitted):
+            # cached before these existed: fit them to the cached VAE, as training would
             _, _, moments = model._latent_pass()
             count = moments["label_count"]
             labels = torch.arange(len(count), device=count.device)
-            model.module.posterior_noise.fit(count, moments["label_scale_sq"], labels)
-            notes.append("posterior variances fitted to the cached model's VAE")
+            if not module.posterior_noise.fitted:
+                module.posterior_noise.fit(count, moments["label_scale_sq"], labels)
+                notes.append("posterior variances fitted to the cached model's VAE")
+            if not module.library_model.fitted:
+                module.library_model.fit(moments, labels)
+                notes.append("library model fitted to the cached model's VAE")
     else:
         arch = vae_architecture(args.n_hidden, args.n_layers, args.norm)
         scaling = {} if args.latent_scaling is None else {"latent_scaling": args.latent_scaling}
@@ -436,6 +478,9 @@ def main(argv=None):
                 return g
 
             candidates[name] = gen
+        candidates[TRAINING_LIBRARY_ROW] = lambda s: generate_with_training_libraries(
+            model, sizes, s
+        )
         for method, make in candidates.items():
             generated = make(seed)
             res = evaluate(test, generated, "cell_type", train=train, seed=seed)

@@ -59,9 +59,11 @@ def assert_generated(g, model, n: int) -> None:
         "guidance_interval",
         "precision",
         "posterior_noise",
+        "library_size",
         "seed",
         "network_evaluations_per_cell",
     }
+    assert g.uns["scgm"]["library_size"] in ("latent", "given", "training cells")
 
 
 # ---------------------------------------------------------------------------------- setup_anndata
@@ -378,6 +380,7 @@ def test_generate_each_sampler(trained, sampler):
         "guidance_interval": "none",
         "precision": "32-true",
         "posterior_noise": True,
+        "library_size": "latent",
         "seed": 1,
         "network_evaluations_per_cell": 8 * evals,
     }
@@ -390,8 +393,10 @@ def test_generate_guidance(trained):
     assert_generated(guided, model, 10)
     assert guided.uns["scgm"]["network_evaluations_per_cell"] == 10  # 5 steps, cond + uncond
     assert not np.allclose(plain.obsm["X_scgm"], guided.obsm["X_scgm"])
-    # same noise, same conditions: only the guidance changes the latents
-    pd.testing.assert_frame_equal(plain.obs, guided.obs)
+    # same noise, same conditions: only the guidance changes the latents (and with them the
+    # library sizes drawn given the latents)
+    cols = ["labels", "batch"]
+    pd.testing.assert_frame_equal(plain.obs[cols], guided.obs[cols])
 
 
 def test_generate_guidance_interval(trained):
@@ -467,8 +472,10 @@ def test_generate_chunking(trained):
     one = model.generate(n=50, seed=4)
     many = model.generate(n=50, seed=4, batch_size=7)
     assert_generated(many, model, 50)
-    # conditions, covariates and library sizes come from the numpy seed: chunking keeps them
-    pd.testing.assert_frame_equal(one.obs, many.obs)
+    # conditions and covariates come from the numpy seed: chunking keeps them (library sizes
+    # follow the latents, drawn chunk by chunk)
+    cols = ["labels", "batch"]
+    pd.testing.assert_frame_equal(one.obs[cols], many.obs[cols])
     # the prior noise is drawn chunk by chunk, so latents may differ, but each cell's ODE
     # trajectory depends only on its own start point: solving in chunks changes nothing
     module, sde = model.module, model.module.sde

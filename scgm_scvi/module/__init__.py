@@ -1,6 +1,7 @@
 """Torch modules: the NB-VAE with its latent score network."""
 
 from ._gaussian import LabelGaussians
+from ._library import LibraryModel
 from ._posterior_noise import PosteriorNoise
 from ._scgm_module import (
     COND_KEY,
@@ -19,6 +20,7 @@ __all__ = [
     "DiffusionTarget",
     "LabelGaussians",
     "LatentScaling",
+    "LibraryModel",
     "PosteriorNoise",
     "SCGMModule",
     "ScoreBaseline",

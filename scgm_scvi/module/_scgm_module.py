@@ -16,6 +16,7 @@ from scvi.module.base import LossOutput
 from scgm_scvi.sde import VPSDE
 
 from ._gaussian import LabelGaussians
+from ._library import LibraryModel
 from ._posterior_noise import PosteriorNoise
 from ._score_net import ConditionGroups, ScoreNetwork
 
@@ -137,6 +138,7 @@ class SCGMModule(VAE):
             else None
         )
         self.posterior_noise = PosteriorNoise(n_latent, self.condition_sizes[0])
+        self.library_model = LibraryModel(n_latent, self.condition_sizes[0], gaussian_rank)
         # stage-2 state, saved in the state dict: the latent standardisation
         self.register_buffer("latent_mean", torch.zeros(n_latent))
         self.register_buffer("latent_std", torch.ones(n_latent))
@@ -150,13 +152,20 @@ class SCGMModule(VAE):
         """As :meth:`torch.nn.Module.load_state_dict`; a state saved before the Gaussian score
         baseline existed (no ``gaussians.*`` entries) loads with ``score_baseline="none"``, the
         parametrisation it was trained with, and one saved before the posterior noise existed
-        loads without it (generation then adds no noise, as when it was saved)."""
+        loads without it (generation then adds no noise, as when it was saved); one saved
+        before the library model existed draws library sizes from training cells, as then."""
         # per-label library statistics that 0.1 saved and never used
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("library_log_")}
         if "posterior_noise.var" not in state_dict:  # saved before it existed: no noise
             state_dict = {**state_dict, "posterior_noise.var": torch.zeros_like(
                 self.posterior_noise.var
             )}  # fmt: skip
+        missing = {
+            f"library_model.{k}": torch.zeros_like(b)
+            for k, b in self.library_model.named_buffers()
+            if f"library_model.{k}" not in state_dict
+        }
+        state_dict = {**state_dict, **missing}  # not fitted: training cells' library sizes
         if self.gaussians is not None and not any(k.startswith("gaussians.") for k in state_dict):
             warnings.warn(
                 "This model was saved before the Gaussian score baseline existed; it is loaded "
@@ -188,11 +197,6 @@ class SCGMModule(VAE):
         return super().forward(tensors, *args, loss_kwargs=loss_kwargs, **kwargs)
 
     # ------------------------------------------------------------------ fitting stage-2 statistics
-    @property
-    def needs_label_moments(self) -> bool:
-        """Whether fitting needs per-label sums and outer products (the Gaussian baseline)."""
-        return self.gaussians is not None
-
     @torch.no_grad()
     def fit_standardization(self, moments: dict) -> None:
         """Per-dimension mean and scale (per dimension or global, ``latent_scaling``) of the
@@ -216,17 +220,19 @@ class SCGMModule(VAE):
     def fit_label_baselines(
         self, moments: dict, labels: torch.Tensor, refit_all_cells: bool = True
     ) -> None:
-        """Fit the cell-type Gaussians of the score baseline (if any) and the posterior noise
-        of ``labels`` from per-label moments of the VAE latents.
+        """Fit the cell-type Gaussians of the score baseline (if any), the posterior noise and
+        the library model of ``labels`` from per-label moments of the VAE latents.
 
         ``moments`` as in :meth:`fit_standardization`, plus per label ``label_count``,
-        ``label_scale_sq`` and, for the Gaussian baseline, ``label_sum`` and ``label_outer``
-        (raw latents; standardised here with the fitted :meth:`standardize`).
+        ``label_scale_sq``, ``label_sum`` and ``label_outer`` (raw latents; standardised here
+        for the Gaussians with the fitted :meth:`standardize`) and the log-library sums of
+        :meth:`LibraryModel.fit <scgm_scvi.module.LibraryModel.fit>`.
         """
         count = moments["label_count"]
         self.posterior_noise.fit(
             count, moments["label_scale_sq"], labels, refit_all_cells=refit_all_cells
         )
+        self.library_model.fit(moments, labels, refit_all_cells=refit_all_cells)
         if self.gaussians is None:
             return
         m, s = self.latent_mean.double(), self.latent_std.double()
@@ -246,7 +252,11 @@ class SCGMModule(VAE):
 
     def label_buffers(self) -> list[tuple[str, torch.Tensor]]:
         """State with one slot per cell type (label axis last), for query surgery."""
-        buffers = [(f"posterior_noise.{k}", b) for k, b in self.posterior_noise.named_buffers()]
+        buffers = [
+            (f"{name}.{k}", b)
+            for name in ("posterior_noise", "library_model")
+            for k, b in getattr(self, name).named_buffers()
+        ]
         if self.gaussians is not None:
             buffers += [(f"gaussians.{k}", b) for k, b in self.gaussians.named_buffers()]
         return buffers

@@ -403,8 +403,11 @@ class GenerationMixin:
             ``{obs key: value or per-cell values}`` for the batch and registered covariates;
             unspecified ones are drawn from training cells of the same type.
         library_size
-            Total counts per cell (scalar or ``(n,)``); default: drawn from training cells of
-            the same type.
+            Total counts per cell (scalar or ``(n,)``); default: drawn given each cell's
+            sampled latent from its type's model of log library size
+            (:class:`~scgm_scvi.module.LibraryModel`), so that a cell's depth matches its state
+            as in the training cells; models saved before that model existed draw it from a
+            training cell of the same type.
         sampler, n_steps, guidance_scale, guidance_interval, precision
             See :meth:`sample_latent`.
         seed
@@ -453,6 +456,9 @@ class GenerationMixin:
         lib = check_library_size(library_size, len(cond))
         if lib is not None:
             decoder[LOG_LIBRARY] = np.log(lib)
+        library = "given" if lib is not None else "training cells"
+        if lib is None and self.module.library_model.fitted:
+            library = "latent"  # drawn chunk by chunk from the sampled latents
         _check_precision(precision)
         check_guidance_interval(guidance_interval)
         plan = plan_reverse(self.module.sde, sampler, n_steps)  # checks the sampler
@@ -472,20 +478,23 @@ class GenerationMixin:
                 else [float(v) for v in guidance_interval],
                 "precision": precision,
                 "posterior_noise": noise,
+                "library_size": library,
                 "seed": seed,
                 "network_evaluations_per_cell": plan.network_evaluations(guidance_scale != 1),
             }
         }
         chunks = self._generate_chunks(
             cond, decoder, sampler, plan.n_steps, guidance_scale, seed, batch_size, progress_bar,
-            precision, guidance_interval, noise,
+            precision, guidance_interval, noise, library == "latent",
         )  # fmt: skip
         if out is None:
-            Xs, zs = [], []
-            for X, z in chunks:
+            Xs, zs, libs = [], [], []
+            for X, z, log_lib in chunks:
                 Xs.append(X)
+                libs.append(log_lib)
                 if latent_key is not None:
                     zs.append(z)
+            obs["library_size"] = np.exp(np.concatenate(libs)).round()
             obs.index = [f"scgm{seed}_{i}" for i in range(len(obs))]
             adata = AnnData(X=stack_rows(Xs), obs=obs, var=var)
             if latent_key is not None:
@@ -502,9 +511,11 @@ class GenerationMixin:
         )
         try:
             start = 0
-            for X, z in chunks:  # obs too goes chunk by chunk: cell names are not kept
+            for X, z, log_lib in chunks:  # obs goes chunk by chunk too: names are not kept
                 names = [f"scgm{seed}_{i}" for i in range(start, start + X.shape[0])]
-                writer.append(X, z, obs.iloc[start : start + X.shape[0]].set_axis(names))
+                chunk_obs = obs.iloc[start : start + X.shape[0]].set_axis(names)
+                chunk_obs = chunk_obs.assign(library_size=np.exp(log_lib).round())
+                writer.append(X, z, chunk_obs)
                 start += X.shape[0]
             return writer.close(None if start else obs, var, uns)
         except BaseException as exc:
@@ -531,10 +542,13 @@ class GenerationMixin:
 
     def _generate_chunks(
         self, cond, decoder, sampler, n_steps, guidance_scale, seed, batch_size, progress_bar,
-        precision, guidance_interval, posterior_noise,
+        precision, guidance_interval, posterior_noise, library_from_latent,
     ):  # fmt: skip
-        """Yield ``(counts CSR, latents)`` per chunk of ``batch_size`` cells, each chunk with
-        its own seeds, so that the cells do not depend on how they are consumed."""
+        """Yield ``(counts CSR, latents, log library sizes)`` per chunk of ``batch_size``
+        cells, each chunk with its own seeds, so that the cells do not depend on how they are
+        consumed. With ``library_from_latent`` the library sizes are drawn from the sampled
+        latents (before the posterior noise, as the library model was fit to posterior
+        means); otherwise they are ``decoder``'s."""
         # one bar over every sampler step of every chunk: long single chunks show progress too
         run = ChunkedRun(len(cond), batch_size, n_steps, f"Generating ({sampler})", progress_bar)
         for i, chunk in enumerate(run):
@@ -550,12 +564,17 @@ class GenerationMixin:
                 precision=precision,
                 guidance_interval=guidance_interval,
             )
+            labels = torch.as_tensor(cond[rows][:, 0], device=z.device)
+            table = decoder.iloc[rows]
+            if library_from_latent:
+                with _seeded(chunk_seed(seed, i, 3), z.device):
+                    log_lib = self.module.library_model.sample(z, labels)
+                table = table.assign(**{LOG_LIBRARY: log_lib.cpu().numpy()})
             if posterior_noise:
-                labels = torch.as_tensor(cond[rows][:, 0], device=z.device)
                 with _seeded(chunk_seed(seed, i, 2), z.device):
                     z = self.module.posterior_noise.sample(z, labels)
-            X = self._decode(z, decoder.iloc[rows], "counts", chunk_seed(seed, i, 1), batch_size)
-            yield X, z.cpu().numpy()
+            X = self._decode(z, table, "counts", chunk_seed(seed, i, 1), batch_size)
+            yield X, z.cpu().numpy(), table[LOG_LIBRARY].to_numpy()
 
     def _codes_from_names(self, frame: pd.DataFrame) -> np.ndarray:
         """Condition codes from category names; columns left out get the "unknown" code."""

@@ -442,13 +442,15 @@ class TrainingMixin:
         moments["label_scale_sq"] = torch.zeros(
             n_lab, n_latent, dtype=torch.float64, device=self.device
         )
-        if self.module.needs_label_moments:  # for the Gaussian baseline
-            moments["label_sum"] = torch.zeros(
-                n_lab, n_latent, dtype=torch.float64, device=self.device
-            )
-            moments["label_outer"] = torch.zeros(
-                n_lab, n_latent, n_latent, dtype=torch.float64, device=self.device
-            )
+        # for the Gaussian baseline and the library model
+        for key, shape in (
+            ("label_sum", (n_lab, n_latent)),
+            ("label_outer", (n_lab, n_latent, n_latent)),
+            ("label_lib_sum", (n_lab,)),
+            ("label_lib_sq", (n_lab,)),
+            ("label_lib_cross", (n_lab, n_latent)),
+        ):
+            moments[key] = torch.zeros(shape, dtype=torch.float64, device=self.device)
         table_rows = np.arange(n)
         if n > CONDITION_TABLE_MAX:
             table_rows = np.sort(np.random.default_rng(0).choice(n, CONDITION_TABLE_MAX, False))
@@ -461,7 +463,13 @@ class TrainingMixin:
             writers[COND_KEY].append(cond)
             moments["sum"] += loc.double().sum(0)
             moments["sumsq"] += loc.double().square().sum(0)
-            _add_label_moments(moments, loc.double(), inf["qz"].scale.double(), cond[:, 0])
+            _add_label_moments(
+                moments,
+                loc.double(),
+                inf["qz"].scale.double(),
+                inf["library"].double().reshape(-1),
+                cond[:, 0],
+            )
             if keep_scale:
                 writers[Z_SCALE_KEY].append(inf["qz"].scale)
                 moments["scale_sq"] += inf["qz"].scale.double().square().sum(0)
@@ -506,15 +514,22 @@ class TrainingMixin:
 
 
 def _add_label_moments(
-    moments: dict, z: torch.Tensor, scale: torch.Tensor, labels: torch.Tensor
+    moments: dict,
+    z: torch.Tensor,
+    scale: torch.Tensor,
+    log_library: torch.Tensor,
+    labels: torch.Tensor,
 ) -> None:
-    """Accumulate per-label count and sum of posterior variances of a block of latents, and
-    (for the Gaussian baseline) their sum and sum of outer products."""
+    """Accumulate per label, for a block of latents: cell count, sum of posterior variances,
+    sum and sum of outer products of the latents, and the log-library sums of the library
+    model."""
     for c in torch.unique(labels).tolist():  # one host sync per block, outside any training
         rows = labels == c
         moments["label_count"][c] += rows.sum()  # a tensor: no host sync per label
         moments["label_scale_sq"][c] += scale[rows].square().sum(0)
-        if "label_sum" in moments:
-            zc = z[rows]
-            moments["label_sum"][c] += zc.sum(0)
-            moments["label_outer"][c] += zc.T @ zc
+        zc, lc = z[rows], log_library[rows]
+        moments["label_sum"][c] += zc.sum(0)
+        moments["label_outer"][c] += zc.T @ zc
+        moments["label_lib_sum"][c] += lc.sum()
+        moments["label_lib_sq"][c] += lc.square().sum()
+        moments["label_lib_cross"][c] += lc @ zc
