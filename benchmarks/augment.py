@@ -36,7 +36,7 @@ import scipy.sparse as sp
 import scvi
 import torch
 from _common import load, machine_line, split
-from generation import counts_adata, scvi_posterior_resample
+from generation import counts_adata, fit_missing_statistics, scvi_posterior_resample
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
@@ -119,8 +119,10 @@ def main(argv=None) -> None:
     scvi.settings.seed = 0
     SCGM.setup_anndata(train, labels_key="cell_type", batch_key=batch_key)
     saved = None if args.model_dir is None else args.model_dir / "scgm"
+    fitted = []  # statistics fitted to a cached model's VAE
     if saved is not None and saved.exists():
         model = SCGM.load(str(saved), adata=train, allow_pickle=True)  # a file we wrote
+        fitted = fit_missing_statistics(model)
     else:
         model = SCGM(train)
         model.train(max_epochs=args.vae_epochs, diffusion_max_epochs=args.diffusion_epochs,
@@ -133,6 +135,8 @@ def main(argv=None) -> None:
     )  # fmt: skip
     train_s = time.perf_counter() - t0
     trained = "trained once" if args.model_dir is None else f"from {args.model_dir}"
+    if fitted:
+        trained += " (" + "; ".join(fitted) + ")"
 
     real = counts_adata(train.X, train.obs["cell_type"].to_numpy(), train.var_names)
     probe = real.copy()

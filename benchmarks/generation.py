@@ -125,6 +125,24 @@ def _draw_cells(labels: np.ndarray, sizes: dict, rng: np.random.Generator) -> np
     return np.concatenate([rng.choice(np.flatnonzero(labels == ct), n) for ct, n in sizes.items()])
 
 
+def fit_missing_statistics(model: SCGM) -> list[str]:
+    """Fit the posterior noise and the library model of a model cached before they existed to
+    its own VAE, as training fits them; returns notes for the report."""
+    module, notes = model.module, []
+    if module.posterior_noise.fitted and module.library_model.fitted:
+        return notes
+    _, _, moments = model._latent_pass()
+    count = moments["label_count"]
+    labels = torch.arange(len(count), device=count.device)
+    if not module.posterior_noise.fitted:
+        module.posterior_noise.fit(count, moments["label_scale_sq"], labels)
+        notes.append("posterior variances fitted to the cached model's VAE")
+    if not module.library_model.fitted:
+        module.library_model.fit(moments, labels)
+        notes.append("library model fitted to the cached model's VAE")
+    return notes
+
+
 TRAINING_LIBRARY_ROW = "SCGM (defaults), library drawn from a training cell of the type"
 
 
@@ -378,18 +396,7 @@ def main(argv=None):
     if model_dir is not None and (model_dir / "scgm").exists():
         # a file this script wrote (older runs: pickled)
         model = SCGM.load(str(model_dir / "scgm"), adata=train, allow_pickle=True)
-        module = model.module
-        if not (module.posterior_noise.fitted and module.library_model.fitted):
-            # cached before these existed: fit them to the cached VAE, as training would
-            _, _, moments = model._latent_pass()
-            count = moments["label_count"]
-            labels = torch.arange(len(count), device=count.device)
-            if not module.posterior_noise.fitted:
-                module.posterior_noise.fit(count, moments["label_scale_sq"], labels)
-                notes.append("posterior variances fitted to the cached model's VAE")
-            if not module.library_model.fitted:
-                module.library_model.fit(moments, labels)
-                notes.append("library model fitted to the cached model's VAE")
+        notes += fit_missing_statistics(model)
     else:
         arch = vae_architecture(args.n_hidden, args.n_layers, args.norm)
         scaling = {} if args.latent_scaling is None else {"latent_scaling": args.latent_scaling}
