@@ -102,7 +102,7 @@ def _add_generation_options(p) -> None:
         "--library-size",
         type=positive_float,
         default=None,
-        help="total counts per cell (default: drawn from training cells of the same type)",
+        help="total counts per cell (default: from the library model, given each latent)",
     )
     how = p.add_argument_group("sampling")
     how.add_argument(
