@@ -156,16 +156,15 @@ class SCGMModule(VAE):
         before the library model existed draws library sizes from training cells, as then."""
         # per-label library statistics that 0.1 saved and never used
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("library_log_")}
-        if "posterior_noise.var" not in state_dict:  # saved before it existed: no noise
-            state_dict = {**state_dict, "posterior_noise.var": torch.zeros_like(
-                self.posterior_noise.var
-            )}  # fmt: skip
+        # saved before these existed: all-zero buffers read as "not fitted" (no posterior
+        # noise; library sizes of training cells), as when the model was saved
         missing = {
-            f"library_model.{k}": torch.zeros_like(b)
-            for k, b in self.library_model.named_buffers()
-            if f"library_model.{k}" not in state_dict
+            f"{name}.{k}": torch.zeros_like(b)
+            for name in ("posterior_noise", "library_model")
+            for k, b in getattr(self, name).named_buffers()
+            if f"{name}.{k}" not in state_dict
         }
-        state_dict = {**state_dict, **missing}  # not fitted: training cells' library sizes
+        state_dict = {**state_dict, **missing}
         if self.gaussians is not None and not any(k.startswith("gaussians.") for k in state_dict):
             warnings.warn(
                 "This model was saved before the Gaussian score baseline existed; it is loaded "

@@ -456,9 +456,11 @@ class GenerationMixin:
         lib = check_library_size(library_size, len(cond))
         if lib is not None:
             decoder[LOG_LIBRARY] = np.log(lib)
-        library = "given" if lib is not None else "training cells"
-        if lib is None and self.module.library_model.fitted:
+            library = "given"
+        elif self.module.library_model.fitted:
             library = "latent"  # drawn chunk by chunk from the sampled latents
+        else:  # a model saved before the library model: the drawn training cells'
+            library = "training cells"
         _check_precision(precision)
         check_guidance_interval(guidance_interval)
         plan = plan_reverse(self.module.sde, sampler, n_steps)  # checks the sampler
