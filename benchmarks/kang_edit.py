@@ -105,6 +105,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch / BLAS threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="save each fold's model there, or load it if saved there (same flags and data)",
+    )
+    p.add_argument(
         "--kl-warmup",
         type=int,
         default=None,
@@ -265,16 +271,9 @@ def isg_changes(edited: ad.AnnData, ctrl: ad.AnnData) -> dict[str, float]:
     return dict(zip(ISGS, (L_ed.mean(0) - L_ctrl.mean(0)).tolist(), strict=True))
 
 
-def run_cell_type(adata: ad.AnnData, c: str, args) -> dict[str, list[dict]]:
-    is_c = (adata.obs["cell_type"] == c).to_numpy()
-    stim = (adata.obs["condition"] == "stim").to_numpy()
-    train = adata[~(is_c & stim)].copy()
-    ctrl_c, stim_c = adata[is_c & ~stim].copy(), adata[is_c & stim].copy()
-    degs = top_degs(stim_c, ctrl_c, n=100)
-
-    t = time.time()
-    scvi.settings.seed = args.seed
-    SCGM.setup_anndata(train, labels_key="cell_type", categorical_covariate_keys=["condition"])
+def train_fold_model(train: ad.AnnData, args) -> tuple[SCGM, float, float]:
+    """SCGM with the run's flags, trained on one fold; returns it and the seconds of its VAE
+    and of both stages."""
     arch = {
         "n_latent": args.n_latent, "n_hidden": args.n_hidden, "n_layers": args.n_layers,
         "score_width": args.score_width, "score_blocks": args.score_blocks,
@@ -289,6 +288,7 @@ def run_cell_type(adata: ad.AnnData, c: str, args) -> dict[str, list[dict]]:
     # a VAE that reaches the full KL weight edits better by latent arithmetic and by the score
     # network than scVI's 400-epoch warm-up (KL weight 0.75 at epoch 300), see the report
     warmup = {"n_epochs_kl_warmup": args.kl_warmup} if args.kl_warmup else None
+    t = time.time()
     model.train_vae(max_epochs=args.epochs, plan_kwargs=warmup, **kw)
     t_vae = time.time() - t
     model.train_diffusion(
@@ -296,7 +296,27 @@ def run_cell_type(adata: ad.AnnData, c: str, args) -> dict[str, list[dict]]:
         **({} if args.diffusion_batch_size is None else {"batch_size": args.diffusion_batch_size}),
         **kw,
     )
-    train_s = time.time() - t
+    return model, t_vae, time.time() - t
+
+
+def run_cell_type(adata: ad.AnnData, c: str, args) -> dict[str, list[dict]]:
+    is_c = (adata.obs["cell_type"] == c).to_numpy()
+    stim = (adata.obs["condition"] == "stim").to_numpy()
+    train = adata[~(is_c & stim)].copy()
+    ctrl_c, stim_c = adata[is_c & ~stim].copy(), adata[is_c & stim].copy()
+    degs = top_degs(stim_c, ctrl_c, n=100)
+
+    t = time.time()
+    scvi.settings.seed = args.seed
+    SCGM.setup_anndata(train, labels_key="cell_type", categorical_covariate_keys=["condition"])
+    cached = None if args.model_dir is None else args.model_dir / c.replace(" ", "_")
+    if cached is not None and cached.exists():
+        model = SCGM.load(str(cached), adata=train)
+        t_vae = train_s = float("nan")  # loaded, not trained
+    else:
+        model, t_vae, train_s = train_fold_model(train, args)
+        if cached is not None:
+            model.save(str(cached))
     editor = SCGEditor(model)
     target = {"condition": "stim"}
     s, g, n = args.strength, args.guidance_scale, args.n_samples
