@@ -128,3 +128,31 @@ def test_directions_beyond_the_rank_are_ridged():
     # ridged by the dead directions' mean variance, which is their own here: halved
     assert abs(ridged.coef[2, 0].item() - 10.0) < 1.0
     assert abs(ridged.coef[0, 0].item() - 0.3) < 0.02  # the leading direction is untouched
+
+
+def test_noisy_latents_do_not_become_library_noise():
+    # stage 2 on posterior samples hands the library model means plus posterior noise; dimensions
+    # the means barely use carry noise of variance ~1 there, and the library may depend on them
+    gen = torch.Generator().manual_seed(0)
+    n, d = 20_000, 10
+    labels = torch.zeros(n, dtype=torch.long)
+    scale = torch.tensor([1.0] * 5 + [0.01] * 5)
+    z = torch.randn(n, d, generator=gen) * scale
+    log_lib = 7.0 + 0.5 * z[:, 0] + 20.0 * z[:, 5] + 0.1 * torch.randn(n, generator=gen)
+    noise_var = torch.tensor([0.25] * 5 + [1.0] * 5)
+    z_sample = z + noise_var.sqrt() * torch.randn(n, d, generator=gen)
+    moments = _moments(z, log_lib, labels, 1)
+
+    naive = LibraryModel(d, n_labels=1, rank=5)
+    naive.fit(moments, torch.arange(1))
+    wild = naive.sample(z_sample, labels, generator=torch.Generator().manual_seed(1))
+    assert wild.std() > 2 * log_lib.std()  # the failure this guards against
+
+    model = LibraryModel(d, n_labels=1, rank=5)
+    model.fit(moments, torch.arange(1), extra_var=noise_var.double())
+    draw = model.sample(z_sample, labels, generator=torch.Generator().manual_seed(1))
+    # the conditional given the noisy latent: slope attenuated by 1 / (1 + 0.25), spread kept
+    assert abs(model.coef[0, 0].item() - 0.5 / 1.25) < 0.02
+    assert abs(draw.mean().item() - 7.0) < 0.02
+    assert abs(draw.std().item() - log_lib.std().item()) < 0.02
+    assert np.corrcoef(draw.numpy(), log_lib.numpy())[0, 1] > 0.3

@@ -68,4 +68,9 @@ def test_off_by_default_when_stage_2_models_posterior_samples():
     model = scgm_scvi.SCGM(adata, diffusion_target="sample", **TINY)
     model.train(max_epochs=1, diffusion_max_epochs=1, **FIT)
     assert model.module.posterior_noise.fitted
-    assert not model.generate(n=3, seed=0).uns["scgm"]["posterior_noise"]
+    generated = model.generate(n=200, seed=0)
+    assert not generated.uns["scgm"]["posterior_noise"]
+    # the library model sees posterior samples here: their noise must not become library noise
+    log_lib = np.log(np.asarray(adata.X.sum(1)).ravel())
+    drawn = np.log(generated.obs["library_size"].to_numpy())
+    assert drawn.std() < 2 * log_lib.std()

@@ -58,19 +58,33 @@ class LibraryModel(nn.Module):
         return bool(self.std.any())
 
     @torch.no_grad()
-    def fit(self, moments: dict, labels: torch.Tensor, refit_all_cells: bool = True) -> None:
+    def fit(
+        self,
+        moments: dict,
+        labels: torch.Tensor,
+        refit_all_cells: bool = True,
+        extra_var: torch.Tensor | None = None,
+    ) -> None:
         """Set the models of ``labels`` (and of all cells) from per-label sums (float64).
 
         ``moments``: per label ``label_count`` ``(L,)``, ``label_sum`` ``(L, d)`` and
         ``label_outer`` ``(L, d, d)`` of the latents, ``label_lib_sum`` / ``label_lib_sq``
         ``(L,)`` of the log library and ``label_lib_cross`` ``(L, d)``, the sum of
         ``z * log library``. A label without cells gets the all-cells model.
+
+        ``extra_var`` ``(d,)``: variance of noise independent of the library that the latents
+        given to :meth:`sample` carry on top of those moments (posterior samples drawn around
+        the means the moments describe). It is added to the latent covariance, so the
+        regression is the conditional given such noisy latents (its slope attenuated, its
+        residual wider) instead of one that turns the noise into library sizes; the ridge
+        beyond ``rank`` is then left out, as the noise models those directions.
         """
         count = moments["label_count"]
         n = count.clamp_min(1)
         mz = moments["label_sum"] / n[:, None]
         ml = moments["label_lib_sum"] / n
         czz = moments["label_outer"] / n[:, None, None] - mz[:, :, None] * mz[:, None, :]
+        noise = 0.0 if extra_var is None else torch.diag(extra_var.to(czz))
         czl = moments["label_lib_cross"] / n[:, None] - mz * ml[:, None]
         cll = moments["label_lib_sq"] / n - ml**2
         total = count.sum().clamp_min(1)
@@ -99,10 +113,10 @@ class LibraryModel(nn.Module):
                     for own, pool in zip((czz[c], czl[c], cll[c]), within, strict=True)
                 )
                 mu_z, mu_l = mz[c], ml[c]
-            lam, vec = torch.linalg.eigh(s_zz)
+            lam, vec = torch.linalg.eigh(s_zz + noise)
             lam = lam.clamp_min(0)
             ridge = 1e-6 * lam.mean().clamp_min(1e-12)  # keeps dead directions stable
-            if self.rank < len(lam):
+            if self.rank < len(lam) and extra_var is None:  # (the noise does this job itself)
                 ridge = lam[: -self.rank].mean().clamp_min(ridge)
             coef = vec @ ((vec.T @ s_zl) / (lam + ridge))
             var = (s_ll - s_zl @ coef).clamp_min(1e-3 * s_ll.clamp_min(1e-12))

@@ -231,7 +231,11 @@ class SCGMModule(VAE):
         self.posterior_noise.fit(
             count, moments["label_scale_sq"], labels, refit_all_cells=refit_all_cells
         )
-        self.library_model.fit(moments, labels, refit_all_cells=refit_all_cells)
+        # stage 2 on posterior samples generates latents with the posterior noise in them
+        sample_var = None
+        if self.diffusion_target == "sample":
+            sample_var = moments["scale_sq"] / moments["n"]
+        self.library_model.fit(moments, labels, refit_all_cells, extra_var=sample_var)
         if self.gaussians is None:
             return
         m, s = self.latent_mean.double(), self.latent_std.double()
@@ -244,9 +248,7 @@ class SCGMModule(VAE):
             + count[:, None, None] * (m[:, None] * m[None, :])
         ) / (s[:, None] * s[None, :])
         total = (total - count[:, None] * m) / s
-        extra = None
-        if self.diffusion_target == "sample":
-            extra = moments["scale_sq"] / moments["n"] / s**2
+        extra = None if sample_var is None else sample_var / s**2
         self.gaussians.fit(count, total, outer, labels, extra, refit_all_cells=refit_all_cells)
 
     def label_buffers(self) -> list[tuple[str, torch.Tensor]]:
