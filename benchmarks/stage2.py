@@ -13,7 +13,9 @@ Usage (from the repository root)::
     python benchmarks/stage2.py --data pbmc3k --out benchmarks/results/stage2_pbmc3k \\
         --model-dir benchmarks/_work/stage2_pbmc3k
 
-``--model-dir`` caches the VAE, each variant's model and scVI (a rerun only evaluates).
+``--model-dir`` caches the VAE, each variant's model and scVI (a rerun only evaluates). With
+``--vae-from DIR`` the VAE is that of a saved model (e.g. ``generation.py``'s cached one, so the
+variants compare with its report), stage 2 starting afresh.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # BLAS threads fight torch's on 2 cores
@@ -47,9 +50,19 @@ VARIANTS = {
     "EMA 0.999, batch 256, 4,000 steps": lambda n: _budget(n, 4_000, 256),
     "EMA 0.999, batch 128, 4,000 steps": lambda n: _budget(n, 4_000, 128),
     "EMA 0.999, batch 256, 8,000 steps": lambda n: _budget(n, 8_000, 256),
+    "package defaults": lambda n: {},
+    # the package's default length with another setting of the module (MODULE_SETTINGS)
+    "per-dimension latent scaling": lambda n: {},
+    "score on posterior samples": lambda n: {},
+}
+#: module attributes a variant changes (set before stage 2 trains and again after loading)
+MODULE_SETTINGS = {
+    "per-dimension latent scaling": {"latent_scaling": "per_dim"},
+    "score on posterior samples": {"diffusion_target": "sample"},
 }
 #: sampler settings: name -> generate keyword arguments
 SAMPLERS = {
+    "generate's defaults": {},
     "ode 25 steps": {"sampler": "ode", "n_steps": 25},
     "dpmpp_2m 6 steps": {"sampler": "dpmpp_2m", "n_steps": 6},
     "dpmpp_2m 10 steps": {"sampler": "dpmpp_2m", "n_steps": 10},
@@ -93,6 +106,15 @@ def _trained(path: Path, train, fit) -> tuple[SCGM, float]:
     return model, seconds
 
 
+def _vae_of(path: str, train) -> SCGM:
+    """The saved model at ``path`` with an untrained score network (its VAE and nothing else
+    of stage 2 is used: ``train_diffusion`` refits the rest)."""
+    model = SCGM.load(path, adata=train, allow_pickle=True)
+    fresh = SCGM(train, **{k: v for k, v in model.init_params_["non_kwargs"].items()})
+    model.module.score_net.load_state_dict(fresh.module.score_net.state_dict())
+    return model
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="pbmc3k", choices=["pbmc3k", "kang12k", "kang2k", "kang1.5k"])
@@ -101,13 +123,14 @@ def main(argv=None):
     p.add_argument(
         "--samplers",
         nargs="+",
-        default=list(SAMPLERS)[:1],
+        default=["ode 25 steps"],
         choices=list(SAMPLERS),
         help="sampler settings for the first variant; the others use the first setting",
     )
     p.add_argument("--vae-epochs", type=int, default=None, help="default: scVI's heuristic")
     p.add_argument("--n-latent", type=int, default=None, help="VAE latent size (default SCGM's)")
     p.add_argument("--model-dir", required=True)
+    p.add_argument("--vae-from", default=None, help="a saved model whose VAE to use")
     p.add_argument("--out", required=True)
     p.add_argument(
         "--rewrite-headline", action="store_true", help="redo --out's headline from summary.csv"
@@ -133,19 +156,27 @@ def main(argv=None):
         model.train_vae(max_epochs=args.vae_epochs, enable_progress_bar=False)
         return model
 
+    if args.vae_from is not None and not (model_dir / "vae").exists():
+        fit_vae = partial(_vae_of, args.vae_from, train)
     vae, vae_seconds = _trained(model_dir / "vae", train, fit_vae)
     timings = [{"stage": "VAE", "seconds": vae_seconds}]
     models = {}
     for name in args.variants:
         slug = "".join(c if c.isalnum() else "_" for c in name)
 
-        def fit(kwargs=VARIANTS[name]):
+        settings = MODULE_SETTINGS.get(name, {})
+
+        def fit(kwargs=VARIANTS[name], settings=settings):
             scvi.settings.seed = 0
             model = SCGM.load(str(model_dir / "vae"), adata=train)
+            for key, value in settings.items():
+                setattr(model.module, key, value)
             model.train_diffusion(enable_progress_bar=False, **kwargs(train.n_obs))
             return model
 
         models[name], seconds = _trained(model_dir / slug, train, fit)
+        for key, value in settings.items():  # saved models keep their constructor's settings
+            setattr(models[name].module, key, value)
         timings.append({"stage": f"score network: {name}", "seconds": seconds})
     scvi_sample, scvi_seconds, _ = scvi_posterior_resample(
         train, sizes, batch_key, args.vae_epochs, seed=0, model_dir=model_dir / "scvi"
