@@ -36,20 +36,22 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np
 import pandas as pd
 import scvi
 import torch
 from _common import load, machine_line, split  # noqa: E402
 from generation import (  # noqa: E402
+    FLOOR_ROW,
     ErrorBudget,
     fit_missing_statistics,
     headline_table,
+    real_floor,
+    score,
     scvi_posterior_resample,
 )
 
 from scgm_scvi import SCGM  # noqa: E402
-from scgm_scvi.metrics import evaluate, label_agreement, summarize_runs  # noqa: E402
+from scgm_scvi.metrics import summarize_runs  # noqa: E402
 
 DEFAULT_LATENT = inspect.signature(SCGM.__init__).parameters["n_latent"].default
 ACTIVE_STD = 0.1
@@ -125,24 +127,9 @@ def main(argv=None) -> None:
 
     rows = []
     for seed in args.seeds:
-        rng = np.random.default_rng(seed)
-        floor_idx = np.concatenate(
-            [
-                rng.choice(np.flatnonzero(train.obs["cell_type"] == ct), n, replace=False)
-                for ct, n in sizes.items()
-            ]
-        )
-        runs = {"real floor (train vs test)": lambda s, i=floor_idx: train[i].copy(), **candidates}
+        runs = {FLOOR_ROW: lambda s: real_floor(train, sizes, s), **candidates}
         for method, make in runs.items():
-            res = evaluate(test, make(seed), "cell_type", train=train, seed=seed)
-            if method.startswith("real floor"):
-                held_out = label_agreement(train, test, "cell_type", seed=seed)
-                types = res.loc[~res["group"].isin(["all", "mean"]), "group"].unique()
-                held_out["mean"] = held_out.reindex(types).mean()
-                is_la = res["metric"] == "label_agreement"
-                res.loc[is_la, "value"] = res.loc[is_la, "group"].map(held_out).to_numpy()
-            res["method"], res["seed"] = method, seed
-            rows.append(res)
+            rows.append(score(method, make(seed), train, test, seed))
             print(f"seed {seed} {method}: done", flush=True)
 
     long = pd.concat(rows, ignore_index=True)
@@ -151,7 +138,7 @@ def main(argv=None) -> None:
     summary.to_csv(out / "summary.csv", index=False)
     facts = pd.DataFrame(facts).set_index("n_latent")
     facts.to_csv(out / "vae_facts.csv")
-    table = headline_table(summary).reindex(["real floor (train vs test)", *candidates])
+    table = headline_table(summary).reindex([FLOOR_ROW, *candidates])
     command = " ".join(sys.argv[1:] if argv is None else argv)
     lines = [
         f"# SCGM's VAE at several latent sizes: {args.data}",
