@@ -110,7 +110,7 @@ def _vae_of(path: str, train) -> SCGM:
     """The saved model at ``path`` with an untrained score network (its VAE and nothing else
     of stage 2 is used: ``train_diffusion`` refits the rest)."""
     model = SCGM.load(path, adata=train, allow_pickle=True)
-    fresh = SCGM(train, **{k: v for k, v in model.init_params_["non_kwargs"].items()})
+    fresh = SCGM(train, **model.init_params_["non_kwargs"])
     model.module.score_net.load_state_dict(fresh.module.score_net.state_dict())
     return model
 

@@ -73,4 +73,4 @@ def test_off_by_default_when_stage_2_models_posterior_samples():
     # the library model sees posterior samples here: their noise must not become library noise
     log_lib = np.log(np.asarray(adata.X.sum(1)).ravel())
     drawn = np.log(generated.obs["library_size"].to_numpy())
-    assert drawn.std() < 2 * log_lib.std()
+    assert drawn.std() < 1.5 * log_lib.std()  # 2.1 x before the fix, now 1.0 x

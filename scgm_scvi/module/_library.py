@@ -2,15 +2,15 @@
 
 A cell's total count is not independent of its state: within a cell type, larger or more
 active cells have more counts, and the VAE latent carries part of that. Drawing the library of
-a generated cell from a random training cell of its type ignores this; the error budget of
-``benchmarks/generation.py`` measured it (Kang 12k: W2 10.43 with each cell's own library
-against 10.68 with a drawn one). This module keeps, per cell type, the Gaussian of log library
-given the latent, the conditional of a joint Gaussian of ``(z, log library)`` fit with the
-same shrinkage toward the pooled within-type covariance as the score baseline's Gaussians.
+a generated cell from a random training cell of its type ignores this (the error budget of
+``benchmarks/generation.py`` measures what it costs). This module keeps, per cell type, the
+Gaussian of log library given the latent, the conditional of a joint Gaussian of
+``(z, log library)`` fit with the same shrinkage toward the pooled within-type covariance as
+the score baseline's Gaussians.
 Directions of the latent beyond a type's leading ``rank`` are ridged by the mean variance there
 (the level at which the Gaussians model them as isotropic noise): generated latents vary in
-those directions more than the training means do, and an unregularised regression amplified
-that into wrong library sizes (PBMC 3k: W2 12.97 against 12.72 with training cells' library).
+those directions more than the training means do, and an unregularised regression amplifies
+that into wrong library sizes.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class LibraryModel(nn.Module):
 
     @property
     def fitted(self) -> bool:
+        """Whether :meth:`fit` has set the models (all-zero ``std`` means not)."""
         return bool(self.std.any())
 
     @torch.no_grad()

@@ -549,8 +549,8 @@ class GenerationMixin:
         """Yield ``(counts CSR, latents, log library sizes)`` per chunk of ``batch_size``
         cells, each chunk with its own seeds, so that the cells do not depend on how they are
         consumed. With ``library_from_latent`` the library sizes are drawn from the sampled
-        latents (before the posterior noise, as the library model was fit to posterior
-        means); otherwise they are ``decoder``'s."""
+        latents (before the posterior noise: the library model describes the latents stage 2
+        models); otherwise they are ``decoder``'s."""
         # one bar over every sampler step of every chunk: long single chunks show progress too
         run = ChunkedRun(len(cond), batch_size, n_steps, f"Generating ({sampler})", progress_bar)
         for i, chunk in enumerate(run):
